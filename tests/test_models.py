@@ -46,7 +46,7 @@ def test_outputs_are_finite(name):
 def test_lenet5_hand_counted_params_and_flops():
     model = models.get_model("lenet5")
     variables = init(model, (28, 28, 1))
-    # conv1: 5*5*1*6 + 6; conv2: 5*5*6*16 + 16; fc1: 400*120 + 120; fc2: 120*84 + 84; fc3: 84*10 + 10.
+    # Kernel entries plus one bias per output unit.
     expected_params = {
         "conv1": 5 * 5 * 1 * 6 + 6,
         "conv2": 5 * 5 * 6 * 16 + 16,

@@ -21,7 +21,7 @@ class LayerSpec(NamedTuple):
       kind: ``"conv"`` (kernel HWIO) or ``"dense"`` (kernel ``[in, out]``).
       bn: name of the BatchNorm applied to this layer's output, or None.
       consumers: layers whose input channels are this layer's output channels. A Dense layer that
-        follows a flatten sees ``H * W * C`` rows in NHWC order: row ``r`` belongs to channel ``r % C``.
+        follows a flatten sees ``H * W * C`` rows in NHWC order: row ``r`` is channel ``r % C``.
       tied_group: layers sharing a group are summed by residual additions, so their output
         channels are the same channels and must be pruned together (None: not tied).
       is_classifier: the final layer producing the logits (its units are never pruned).
@@ -70,7 +70,8 @@ def layer_costs(
 
     ``params`` counts the kernel, the bias and the BatchNorm scale/offset that follow the layer.
     ``flops`` is ``2 * MACs`` for one example: a conv with output ``[Ho, Wo, O]`` and kernel
-    ``[kh, kw, I, O]`` costs ``2 * Ho * Wo * kh * kw * I * O``; a Dense ``[I, O]`` costs ``2 * I * O``.
+    ``[kh, kw, I, O]`` costs ``2 * Ho * Wo * kh * kw * I * O``; a Dense ``[I, O]`` costs
+    ``2 * I * O``.
     ``input_shape`` is one example's shape ``(H, W, C)``.
     """
     specs = {spec.name: spec for spec in model.layer_specs()}

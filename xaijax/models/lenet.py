@@ -20,7 +20,7 @@ LENET5_WIDTHS = {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
 
 
 class LeNet5(nn.Module):
-    """conv1 5x5 SAME -> relu -> maxpool 2 -> conv2 5x5 VALID -> relu -> maxpool 2 -> fc1 -> fc2 -> fc3."""
+    """conv1 5x5 SAME, relu, maxpool 2, conv2 5x5 VALID, relu, maxpool 2, fc1, fc2, fc3 (logits)."""
 
     num_classes: int = 10
     widths: Mapping[str, int] | None = None

@@ -95,7 +95,7 @@ class ResNet(nn.Module):
         return tuple(specs)
 
     def _stage_width(self, stage: int) -> int:
-        """One width per residual stream; every tied layer given in ``widths`` must agree with it."""
+        """One width per residual stream; each tied layer named in ``widths`` must agree."""
         default = int(self.stage_widths[stage - 1])
         width = resolve_width(self.widths, self._stage_root(stage), default)
         for spec in self.layer_specs():

@@ -25,7 +25,7 @@ VGG16 = (
 
 
 class VGG(nn.Module):
-    """3x3 conv -> BatchNorm -> relu blocks with max-pools, then Dense -> relu layers and a classifier.
+    """3x3 conv-BatchNorm-relu blocks with max-pools, then Dense-relu layers and a classifier.
 
     Layers are named ``conv1..convN`` (BatchNorm ``conv{k}_bn``) and ``fc1..fcM``; ``fcM`` is the
     classifier.
