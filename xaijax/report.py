@@ -1,0 +1,173 @@
+"""Result tables and figures: CSV, Markdown tables and matplotlib (Agg) plots, written atomically.
+
+Every writer renders to a temporary file in the destination folder and moves it into place with
+``os.replace``, so an interrupted run never leaves a half-written artifact behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    if columns is not None:
+        return list(columns)
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def write_csv_atomic(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> Path:
+    """Write ``rows`` (one dict per row) as CSV; columns default to the union of the row keys."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_columns(rows, columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def format_value(value: Any) -> str:
+    """Compact human formatting: floats to 4 significant digits, large ints with separators."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> str:
+    """A GitHub-flavoured Markdown table of ``rows``; missing cells are left empty."""
+    names = _columns(rows, columns)
+    lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
+    for row in rows:
+        cells = [format_value(row[name]) if name in row else "" for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def line_plot(
+    path: str | os.PathLike,
+    series: Series,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_x: bool = False,
+) -> Path:
+    """One line with markers per named series ``name -> (xs, ys)``; points sorted by x."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        points = sorted(zip(xs, ys, strict=True))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+def grouped_bar_plot(
+    path: str | os.PathLike,
+    groups: Mapping[str, Mapping[str, float]],
+    *,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """Bars per category (x axis: the inner keys, in first-seen order), one colour per group."""
+    categories = list(dict.fromkeys(key for values in groups.values() for key in values))
+    width = 0.8 / max(len(groups), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(categories) * max(len(groups), 1)), 4))
+    for i, (name, values) in enumerate(groups.items()):
+        xs = [c + i * width for c in range(len(categories))]
+        ax.bar(xs, [values.get(cat, 0.0) for cat in categories], width=width, label=name)
+    ax.set_xticks([c + width * (len(groups) - 1) / 2 for c in range(len(categories))])
+    ax.set_xticklabels(categories, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+def image_grid(
+    path: str | os.PathLike,
+    rows: Iterable[Sequence[Any]],
+    *,
+    titles: Iterable[Sequence[str]] | None = None,
+    cmaps: Sequence[str] | None = None,
+    symmetric: Sequence[bool] | None = None,
+) -> Path:
+    """A grid of images: ``rows[i][j]`` is a 2-D array (or HxWx3). ``symmetric[j]`` centres the
+    colour scale of column ``j`` on zero (for signed attributions)."""
+    rows = [list(row) for row in rows]
+    titles = [list(t) for t in titles] if titles is not None else None
+    n_rows, n_cols = len(rows), max(len(row) for row in rows)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.2 * n_rows), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            ax = axes[i][j]
+            kwargs: dict[str, Any] = {"cmap": cmaps[j] if cmaps else "gray"}
+            if symmetric and symmetric[j]:
+                bound = float(abs(image).max()) or 1.0
+                kwargs.update(vmin=-bound, vmax=bound)
+            ax.imshow(image, **kwargs)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if titles is not None:
+                ax.set_title(titles[i][j], fontsize=8)
+    return _save_figure(fig, path)
