@@ -71,9 +71,7 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
-) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A GitHub-flavoured Markdown table of ``rows``; missing cells are left empty."""
     names = _columns(rows, columns)
     lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
