@@ -1,0 +1,365 @@
+"""Mixed-precision quantization experiment: bit allocation strategies x budgets, PTQ and QAT.
+
+    python scripts/quantize.py --config configs/lenet5_fmnist.py --workdir runs/lenet5_quant \
+        [--variables runs/lenet5/variables] [--config.quantize.finetune_epochs=2 ...]
+
+Starts from trained float variables (``--variables``, else ``config.quantize.variables``, else it
+trains the float model first into ``workdir/float``). For every budget (average bits per weight)
+and strategy it allocates bits per layer, evaluates post-training quantization (float weights),
+fine-tunes the quantized model (QAT, resumable under ``workdir/finetune/<allocation>``; runs whose
+allocations coincide share one fine-tuning), exports the integers plus scales with orbax and
+measures the file, and checks that the integer model scores as the fake-quantized one.
+
+Writes ``results.json`` (atomically, after every run), ``results.csv``, ``results.md`` and plots
+``bits_per_layer_b<budget>.png`` and ``accuracy_vs_size_{ptq,qat}.png``. The ``config.quantize``
+section is optional: missing fields take the defaults of :func:`quantize_defaults` (the fine-tuning
+learning rate defaults to a tenth of ``config.optimizer.learning_rate``, cosine-decayed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_dict, config_flags
+
+from xaijax import checkpoint, config_utils, importance, report, training
+from xaijax.quantization import (
+    STRATEGIES,
+    SUPPORTED_BITS,
+    allocate_bits,
+    allocation_bits,
+    budget_in_bits,
+    deeplift_sensitivity,
+    dequantize,
+    directory_size,
+    export_integer_model,
+    hessian_sensitivity,
+    hutchinson_traces,
+    layer_importance,
+    layer_sizes,
+    model_size_bytes,
+    post_training_accuracy,
+    quantization_aware_finetune,
+    save_integer_model,
+)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (optionally with a quantize section).", lock_config=False
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, fine-tuning and exports.")
+_VARIABLES = flags.DEFINE_string(
+    "variables", None, "Trained float variables (the variables/ folder written by train.py)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+SENSITIVITY_OF = {"deeplift_sensitivity": "deeplift_sensitivity", "hessian": "hessian_sensitivity"}
+SUMMARY_COLUMNS = ("strategy", "budget", "avg_bits", "ptq_accuracy", "qat_accuracy", "disk_bytes")
+
+
+def quantize_defaults() -> ml_collections.ConfigDict:
+    """Every ``config.quantize`` field and its default."""
+    return ml_collections.ConfigDict(
+        {
+            "variables": config_dict.placeholder(str),
+            "strategies": STRATEGIES,
+            "budgets": (3.0, 4.0, 6.0),
+            "bit_choices": SUPPORTED_BITS,
+            "activation_bits": config_dict.placeholder(int),
+            "finetune_epochs": 2,
+            "finetune_learning_rate": config_dict.placeholder(float),
+            "finetune_batch_size": 128,
+            "importance_examples": 1024,
+            "importance_batch_size": 256,
+            "importance_target": "label",
+            "importance_reference": "zeros",
+            "hessian_examples": 1024,
+            "hessian_samples": 16,
+            "pack_export": True,
+            "seed": 0,
+        }
+    )
+
+
+def with_quantize_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with a complete ``quantize`` section (given fields win), validated."""
+    merged = quantize_defaults()
+    given = config.get("quantize")
+    if given is not None:
+        unknown = sorted(set(given.keys()) - set(merged.keys()))
+        if unknown:
+            raise ValueError(f"config.quantize has unknown fields {unknown}")
+        for key, value in given.items():
+            merged[key] = value
+    config.quantize = merged
+    q = config.quantize
+    bad = sorted(set(q.strategies) - set(STRATEGIES))
+    if bad or not q.strategies:
+        raise ValueError(f"config.quantize.strategies must be some of {STRATEGIES}, got {bad}")
+    if not q.budgets:
+        raise ValueError("config.quantize.budgets is empty")
+    probe = {"layer": 1}
+    for budget in q.budgets:
+        budget_in_bits(float(budget), probe, tuple(q.bit_choices))  # raises on a bad budget
+    minimum = {"finetune_epochs": 0, "seed": 0}
+    for field in (
+        "finetune_epochs",
+        "seed",
+        "importance_examples",
+        "hessian_examples",
+        "importance_batch_size",
+        "hessian_samples",
+        "finetune_batch_size",
+    ):
+        low = minimum.get(field, 1)
+        if not isinstance(q[field], int) or isinstance(q[field], bool) or q[field] < low:
+            raise ValueError(
+                f"config.quantize.{field} must be an integer >= {low}, got {q[field]!r}"
+            )
+    if q.finetune_learning_rate is None:
+        q.finetune_learning_rate = float(config.optimizer.learning_rate) / 10
+    if not q.finetune_learning_rate > 0:
+        raise ValueError("config.quantize.finetune_learning_rate must be > 0")
+    return config
+
+
+def float_variables(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """The trained float variables: from a path, or trained now into ``workdir/float``."""
+    path = _VARIABLES.value or config.quantize.variables
+    if path:
+        return checkpoint.load_variables(path)
+    logging.info("no float variables given: training the float model into %s", workdir / "float")
+    state, _ = training.train_and_evaluate(config, workdir / "float")
+    variables = jax.device_get(state.variables)
+    checkpoint.save_variables(workdir / "float" / "variables", variables)
+    return variables
+
+
+def sensitivities(config, model, variables, train_ds, names) -> dict[str, Any]:
+    """DeepLIFT weight importance, layer importance, Hessian traces and both sensitivity tables."""
+    q = config.quantize
+    choices = tuple(q.bit_choices)
+    started = time.perf_counter()
+    scores = importance.score(
+        "deeplift",
+        model,
+        variables,
+        train_ds,
+        granularity="weight",
+        batch_size=q.importance_batch_size,
+        num_examples=min(q.importance_examples, train_ds.num_examples),
+        target=q.importance_target,
+        reference=q.importance_reference,
+        seed=q.seed,
+    )
+    deeplift_seconds = time.perf_counter() - started
+
+    count = min(q.hessian_examples, train_ds.num_examples)
+    images, labels = jnp.asarray(train_ds.images[:count]), jnp.asarray(train_ds.labels[:count])
+    others = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss_fn(params):
+        logits = model.apply({"params": params, **others}, images, train=False)
+        return jnp.mean(training.cross_entropy(logits, labels))
+
+    started = time.perf_counter()
+    traces = hutchinson_traces(
+        loss_fn, variables["params"], names, jax.random.key(q.seed), q.hessian_samples
+    )
+    hessian_seconds = time.perf_counter() - started
+    return {
+        "layer_importance": layer_importance(scores),
+        "hessian_traces": traces,
+        "deeplift_sensitivity": deeplift_sensitivity(variables["params"], scores, choices),
+        "hessian_sensitivity": hessian_sensitivity(variables["params"], traces, choices),
+        "seconds": {"deeplift": deeplift_seconds, "hessian": hessian_seconds},
+    }
+
+
+def allocation_key(bits: dict[str, int], activation_bits: int | None) -> str:
+    key = "w" + "-".join(str(b) for b in bits.values())
+    return key if activation_bits is None else f"{key}_a{activation_bits}"
+
+
+def run_one(config, model, variables, splits, bits, workdir, cache) -> dict[str, Any]:
+    """PTQ, QAT, export and the integer-model check for one allocation (cached by allocation)."""
+    q = config.quantize
+    key = allocation_key(bits, q.activation_bits)
+    if key in cache:
+        return cache[key]
+    started = time.perf_counter()
+    ptq = post_training_accuracy(
+        model, variables, bits, splits.test, activation_bits=q.activation_bits
+    )
+    tuned = variables
+    if q.finetune_epochs > 0:
+        steps_per_epoch = splits.train.num_examples // q.finetune_batch_size
+        optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
+        optimizer.learning_rate = q.finetune_learning_rate
+        optimizer.warmup_epochs = 0.0
+        optimizer.schedule = "cosine"
+        tx = training.make_optimizer(optimizer, steps_per_epoch, q.finetune_epochs)
+        state, _ = quantization_aware_finetune(
+            model,
+            variables,
+            bits,
+            splits.train,
+            None,
+            tx=tx,
+            workdir=workdir / "finetune" / key,
+            epochs=q.finetune_epochs,
+            batch_size=q.finetune_batch_size,
+            seed=q.seed,
+            activation_bits=q.activation_bits,
+            progress=False,
+        )
+        tuned = jax.device_get(state.variables)
+    qat = post_training_accuracy(model, tuned, bits, splits.test, activation_bits=q.activation_bits)
+    exported = export_integer_model(tuned, bits, pack=q.pack_export)
+    disk_bytes = save_integer_model(workdir / "export" / key, exported)
+    integer = training.evaluate(model, splits.test, variables=dequantize(exported))
+    result = {
+        "ptq_accuracy": ptq["accuracy"],
+        "ptq_loss": ptq["loss"],
+        "qat_accuracy": qat["accuracy"],
+        "qat_loss": qat["loss"],
+        "integer_accuracy": integer["accuracy"],
+        "disk_bytes": disk_bytes,
+        "seconds": time.perf_counter() - started,
+        "allocation": key,
+    }
+    cache[key] = result
+    return result
+
+
+def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
+    checkpoint.write_json_atomic(workdir / "results.json", results)
+    runs = results["runs"]
+    if not runs:
+        return
+    names = list(results["layer_sizes"])
+    rows = [
+        {
+            "strategy": r["strategy"],
+            "budget": r["budget"],
+            "avg_bits": r["avg_bits"],
+            **{f"bits_{n}": r["bits"][n] for n in names},
+            "total_kb": r["size"]["total"] / 1024,
+            "disk_kb": r["disk_bytes"] / 1024,
+            "ptq_acc": r["ptq_accuracy"],
+            "qat_acc": r["qat_accuracy"],
+            "int_acc": r["integer_accuracy"],
+        }
+        for r in runs
+    ]
+    report.write_csv_atomic(workdir / "results.csv", rows)
+    float_row = results["float"]
+    header = (
+        f"Float model: accuracy {float_row['accuracy']:.4f}, "
+        f"{float_row['bytes'] / 1024:.1f} KiB, {float_row['disk_bytes'] / 1024:.1f} KiB on disk\n\n"
+    )
+    report.write_text_atomic(workdir / "results.md", header + report.markdown_table(rows))
+    for budget in sorted({r["budget"] for r in runs}):
+        groups = {r["strategy"]: r["bits"] for r in runs if r["budget"] == budget}
+        report.grouped_bar_plot(
+            workdir / f"bits_per_layer_b{budget:g}.png",
+            groups,
+            ylabel="weight bits",
+            title=f"Bits per layer at {budget:g} average bits",
+        )
+    for phase in ("ptq", "qat"):
+        series = {}
+        for strategy in dict.fromkeys(r["strategy"] for r in runs):
+            mine = [r for r in runs if r["strategy"] == strategy]
+            series[strategy] = (
+                [r["size"]["total"] / 1024 for r in mine],
+                [r[f"{phase}_accuracy"] for r in mine],
+            )
+        report.line_plot(
+            workdir / f"accuracy_vs_size_{phase}.png",
+            series,
+            xlabel="model size (KiB: packed kernels + float32 scales and biases)",
+            ylabel=f"test accuracy ({phase.upper()})",
+            title=f"Accuracy vs size ({phase.upper()}); float: {float_row['accuracy']:.4f}",
+        )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    config = with_quantize_defaults(_CONFIG.value)
+    config_utils.validate_config(config)
+    workdir = Path(_WORKDIR.value)
+    q = config.quantize
+
+    splits = training.datasets_from_config(config)
+    model = training.model_from_config(config)
+    variables = float_variables(config, workdir)
+    names = [spec.name for spec in model.layer_specs()]
+    sizes = layer_sizes(variables["params"], names)
+    float_eval = training.evaluate(model, splits.test, variables=variables)
+    checkpoint.save_variables(workdir / "export" / "float32", variables)
+    n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(variables["params"]))
+    logging.info("float model: test accuracy %.4f", float_eval["accuracy"])
+
+    tables = sensitivities(config, model, variables, splits.train, names)
+    results: dict[str, Any] = {
+        "float": {
+            "accuracy": float_eval["accuracy"],
+            "loss": float_eval["loss"],
+            "bytes": 4 * n_params,
+            "disk_bytes": directory_size(workdir / "export" / "float32"),
+        },
+        "layer_sizes": sizes,
+        **tables,
+        "runs": [],
+        "config": config,
+    }
+    cache: dict[str, dict[str, Any]] = {}
+    for budget in q.budgets:
+        for strategy in q.strategies:
+            bits = allocate_bits(
+                strategy,
+                sizes,
+                float(budget),
+                sensitivity=tables[SENSITIVITY_OF[strategy]]
+                if strategy in SENSITIVITY_OF
+                else None,
+                importance=tables["layer_importance"],
+                bit_choices=tuple(q.bit_choices),
+            )
+            outcome = run_one(config, model, variables, splits, bits, workdir, cache)
+            run = {
+                "strategy": strategy,
+                "budget": float(budget),
+                "bits": bits,
+                "avg_bits": allocation_bits(bits, sizes) / sum(sizes.values()),
+                "size": model_size_bytes(variables["params"], bits),
+                **outcome,
+            }
+            results["runs"].append(run)
+            write_outputs(workdir, results)
+            logging.info(
+                "budget %g %s bits=%s PTQ %.4f QAT %.4f (%.1f KiB)",
+                budget,
+                strategy,
+                bits,
+                run["ptq_accuracy"],
+                run["qat_accuracy"],
+                run["size"]["total"] / 1024,
+            )
+    print(report.markdown_table(results["runs"], SUMMARY_COLUMNS), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

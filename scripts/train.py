@@ -1,0 +1,48 @@
+"""Train a model from a config file and write ``workdir/results.json``.
+
+    python scripts/train.py --config configs/lenet5_fmnist.py --workdir runs/lenet5 \
+        [--config.train.epochs=2 ...]
+
+Rerunning the same command in the same workdir resumes from the latest checkpoint. Writes
+``metrics.jsonl``, TensorBoard events, ``checkpoints/``, the final model variables
+(``variables/``, for later stages: ``xaijax.checkpoint.load_variables``) and ``results.json``
+(test accuracy and loss, parameters, FLOPs, epochs, wall time, config).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from xaijax import checkpoint, training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    workdir = Path(_WORKDIR.value)
+    state, results = training.train_and_evaluate(_CONFIG.value, workdir)
+    if jax.process_index() == 0:
+        checkpoint.save_variables(workdir / "variables", jax.device_get(state.variables))
+        checkpoint.write_json_atomic(workdir / "results.json", results)
+    test = results["test"]
+    print(
+        f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) after "
+        f"{results['epochs']} epochs; {results['params']} params, {results['flops']} FLOPs; "
+        f"results in {workdir / 'results.json'}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

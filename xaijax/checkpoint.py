@@ -1,0 +1,131 @@
+"""Checkpoints and result files.
+
+* Train-state checkpoints (resume): an orbax ``CheckpointManager`` under ``directory`` keeps the
+  last ``keep`` steps. The saved tree is ``{step, params, batch_stats, opt_state, rng}`` with the
+  optimizer state in Flax's state-dict form, so any optax state made of NamedTuples/dicts restores
+  into the structure of the state it is restored onto.
+* Stage outputs: :func:`save_variables` / :func:`load_variables` store a model's variables
+  (``{'params': ..., 'batch_stats': ...}``) for later stages (prune, share, quantize).
+* :func:`write_json_atomic` writes results through a temporary file and ``os.replace``, so a
+  reader never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import serialization
+
+_STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
+
+
+def checkpoint_manager(directory: str | os.PathLike, *, keep: int = 3) -> ocp.CheckpointManager:
+    """An orbax manager for train states in ``directory`` keeping the ``keep`` latest steps."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def _state_tree(state: Any) -> dict[str, Any]:
+    tree = {name: getattr(state, name) for name in _STATE_FIELDS}
+    tree["opt_state"] = serialization.to_state_dict(state.opt_state)
+    return tree
+
+
+def save_train_state(manager: ocp.CheckpointManager, state: Any) -> None:
+    """Save ``state`` (a ``TrainState``) at step ``state.step`` (asynchronously)."""
+    manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(_state_tree(state)))
+
+
+def restore_train_state(manager: ocp.CheckpointManager, state: Any, step: int | None = None) -> Any:
+    """``state`` with every array replaced by checkpoint ``step`` (default: the latest).
+
+    ``state`` supplies the structure, shapes, dtypes and shardings (place it first).
+    """
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    target = _state_tree(state)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"checkpoint step {step} in {manager.directory} does not match the current model and "
+            f"optimizer (use a fresh workdir after changing them): {err}"
+        ) from err
+    return state.replace(
+        step=restored["step"],
+        params=restored["params"],
+        batch_stats=restored["batch_stats"],
+        opt_state=serialization.from_state_dict(state.opt_state, restored["opt_state"]),
+        rng=restored["rng"],
+    )
+
+
+def save_variables(path: str | os.PathLike, variables: Any) -> None:
+    """Save a variables pytree (e.g. ``{'params': ..., 'batch_stats': ...}``) to ``path``,
+    replacing what is there; blocks until written."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(Path(path).absolute(), variables, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def load_variables(path: str | os.PathLike) -> Any:
+    """The variables pytree saved by :func:`save_variables`, as numpy arrays."""
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise FileNotFoundError(f"no saved variables at {path}")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        restored = checkpointer.restore(path)
+    finally:
+        checkpointer.close()
+    return jax.tree.map(np.asarray, restored)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/jax scalars and arrays, paths, dataclasses and ConfigDicts to JSON types."""
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return to_jsonable(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic | np.ndarray | jax.Array):
+        return to_jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same directory,
+    fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

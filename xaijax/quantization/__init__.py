@@ -1,0 +1,96 @@
+"""Mixed-precision integer quantization: bit allocation (DeepLIFT, Hessian, uniform) -> AQT ops.
+
+* ``backend``: numerics, the backend interface (layer kind -> bits -> op kwargs), its AQT
+  implementation and a plain-JAX reference one; ``quantized_layer_kwargs`` feeds
+  ``xaijax.models.get_model(layer_kwargs=...)`` and ``quantized_model`` clones a model with them.
+* ``sensitivity``: per-layer, per-width sensitivities (DeepLIFT multipliers or Hessian traces times
+  the quantization error).
+* ``allocation``: strategies and the exact multiple-choice knapsack solver.
+* ``qat``: post-training quantization and quantization-aware fine-tuning (``xaijax.training``).
+* ``export``: integer weights plus per-channel scales, saved with orbax, and the integer model.
+"""
+
+from xaijax.quantization.allocation import (
+    STRATEGIES,
+    Budget,
+    allocate_bits,
+    allocation_bits,
+    budget_in_bits,
+    solve_multiple_choice_knapsack,
+)
+from xaijax.quantization.backend import (
+    AQT_BACKEND,
+    REFERENCE_BACKEND,
+    SUPPORTED_BITS,
+    AqtBackend,
+    QuantizationBackend,
+    ReferenceBackend,
+    aqt_dot_general_config,
+    channel_scales,
+    check_bits,
+    fake_quantize,
+    fake_quantize_params,
+    quantize_kernel,
+    quantized_layer_kwargs,
+    quantized_model,
+)
+from xaijax.quantization.export import (
+    dequantize,
+    directory_size,
+    export_integer_model,
+    integer_kernel,
+    load_integer_model,
+    model_size_bytes,
+    pack_bits,
+    save_integer_model,
+    unpack_bits,
+)
+from xaijax.quantization.qat import post_training_accuracy, quantization_aware_finetune
+from xaijax.quantization.sensitivity import (
+    deeplift_sensitivity,
+    hessian_sensitivity,
+    hutchinson_traces,
+    layer_importance,
+    layer_sizes,
+    quantization_errors,
+)
+
+__all__ = [
+    "AQT_BACKEND",
+    "REFERENCE_BACKEND",
+    "STRATEGIES",
+    "SUPPORTED_BITS",
+    "AqtBackend",
+    "Budget",
+    "QuantizationBackend",
+    "ReferenceBackend",
+    "allocate_bits",
+    "allocation_bits",
+    "aqt_dot_general_config",
+    "budget_in_bits",
+    "channel_scales",
+    "check_bits",
+    "deeplift_sensitivity",
+    "dequantize",
+    "directory_size",
+    "export_integer_model",
+    "fake_quantize",
+    "fake_quantize_params",
+    "hessian_sensitivity",
+    "hutchinson_traces",
+    "integer_kernel",
+    "layer_importance",
+    "layer_sizes",
+    "load_integer_model",
+    "model_size_bytes",
+    "pack_bits",
+    "post_training_accuracy",
+    "quantization_aware_finetune",
+    "quantization_errors",
+    "quantize_kernel",
+    "quantized_layer_kwargs",
+    "quantized_model",
+    "save_integer_model",
+    "solve_multiple_choice_knapsack",
+    "unpack_bits",
+]
