@@ -444,58 +444,38 @@ def test_huffman_is_a_complete_prefix_code_within_the_entropy_bound(counts):
 
 
 # ------------------------------------------------------------------------------------------------
-# scripts/share.py end to end
+# The weight sharing experiment end to end (xaijax.experiments.share)
 # ------------------------------------------------------------------------------------------------
 
 SHARE_WIDTHS = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
 
 
-def run_share_script(*flags):
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[1]
-    command = [sys.executable, str(repo / "scripts" / "share.py"), *flags]
-    return subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
-
-
-def test_share_script_end_to_end_from_pruned_variables(tmp_path):
+def test_share_experiment_end_to_end_from_pruned_variables(tmp_path):
     """Cluster, fine-tune through xaijax.training.fit and snap: on codebooks, pruned stay zero."""
     import csv
+    import importlib.util
     import json
 
-    from xaijax import checkpoint, models
+    import ml_collections
 
+    from xaijax import models
+    from xaijax.experiments import share
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("smoke", repo / "configs" / "digits_smoke.py")
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    config = smoke.get_config()
+    config.model.widths = SHARE_WIDTHS
     model = models.get_model("vgg_small", widths=SHARE_WIDTHS)
     variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))
     kernel = np.array(variables["params"]["fc1"]["kernel"])
     kernel[::2] = 0.0  # pruned weights: they must stay out of the clustering and stay zero
     variables["params"]["fc1"]["kernel"] = kernel
-    checkpoint.save_variables(tmp_path / "variables", variables)
-    config = tmp_path / "config.py"
-    repo_config = Path(__file__).resolve().parents[1] / "configs" / "digits_smoke.py"
-    config.write_text(
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('base', {str(repo_config)!r})\n"
-        "base = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(base)\n"
-        "def get_config():\n"
-        "    config = base.get_config()\n"
-        f"    config.model.widths = {SHARE_WIDTHS!r}\n"
-        "    return config\n"
+    config.share = ml_collections.ConfigDict(
+        {"bits": (2,), "importances": ("magnitude",), "num_examples": 64, "score_batch_size": 64}
     )
-    flags = [
-        f"--config={config}",
-        f"--workdir={tmp_path / 'run'}",
-        f"--share.variables_dir={tmp_path / 'variables'}",
-        "--share.bits=(2,)",
-        "--share.importances=('magnitude',)",
-        "--share.num_examples=64",
-        "--share.score_batch_size=64",
-    ]
-    done = run_share_script(*flags)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    results = share.run(config, tmp_path / "run", variables=variables)
     assert results["pruned_weights"] == int(np.sum(kernel == 0))
     assert [(r["importance"], r["bits"]) for r in results["rows"]] == [("magnitude", 2)]
     for row in results["rows"]:
@@ -506,6 +486,8 @@ def test_share_script_end_to_end_from_pruned_variables(tmp_path):
     with open(tmp_path / "run" / "results.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 1
     assert (tmp_path / "run" / "accuracy_vs_bits.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["rows"][0]["bits"] == 2
 
-    bad = run_share_script(*flags[:3], "--share.bits=(9,)")
-    assert bad.returncode != 0 and "config.share.bits" in bad.stderr
+    config.share.bits = (9,)
+    with pytest.raises(ValueError, match=r"config\.share\.bits"):
+        share.run(config, tmp_path / "bad", variables=variables)

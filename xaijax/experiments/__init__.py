@@ -1,0 +1,1 @@
+"""Compression experiments (prune, share, quantize) as resumable functions of a config."""

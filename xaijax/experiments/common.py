@@ -1,0 +1,135 @@
+"""What every compression experiment shares: the trained starting point, fine-tuning, timing and
+config sections.
+
+An experiment (``prune``, ``share``, ``quantize``) is ``run(config, workdir, variables=None)``:
+it reads its own section ``config.<name>`` (defaults merged in by :func:`section`), starts from
+``variables`` or the baseline trained by :func:`load_or_train`, and keeps each unit of work in
+its own folder of ``workdir`` so a rerun resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from xaijax import checkpoint, data, training
+
+Variables = Mapping[str, Any]
+
+
+def load_or_train(config: ml_collections.ConfigDict, trained_workdir: str | Path) -> dict:
+    """The variables trained by ``config`` in ``trained_workdir/variables``; trains them there
+    first (resumably, with ``training.train_and_evaluate``) when absent."""
+    trained_workdir = Path(trained_workdir)
+    variables_dir = trained_workdir / "variables"
+    if not variables_dir.is_dir():
+        logging.info("no trained model in %s: training it", trained_workdir)
+        state, results = training.train_and_evaluate(config, trained_workdir)
+        checkpoint.save_variables(variables_dir, jax.device_get(state.variables))
+        checkpoint.write_json_atomic(trained_workdir / "results.json", results)
+    return load_variables(variables_dir)
+
+
+def load_variables(path: str | Path) -> dict:
+    """Variables saved with ``checkpoint.save_variables``, as host numpy arrays."""
+    return jax.tree.map(np.asarray, checkpoint.load_variables(path))
+
+
+def section(
+    config: ml_collections.ConfigDict,
+    name: str,
+    defaults: ml_collections.ConfigDict,
+    validate: Callable[[ml_collections.ConfigDict], None],
+) -> ml_collections.ConfigDict:
+    """``defaults`` updated by ``config.<name>`` (unknown fields rejected), then validated."""
+    merged = copy.deepcopy(defaults)
+    if name in config:
+        given = config[name].to_dict() if hasattr(config[name], "to_dict") else dict(config[name])
+        unknown = sorted(set(given) - set(merged))
+        if unknown:
+            raise ValueError(f"config.{name} has unknown fields {unknown}; known: {sorted(merged)}")
+        merged.update(given)
+    validate(merged)
+    return merged
+
+
+def finetune(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    splits: data.Splits,
+    variables: Variables,
+    *,
+    workdir: str | Path,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int | None = None,
+    schedule: str = "constant",
+    mask: Any = None,
+    gradient_transform: optax.GradientTransformation | None = None,
+    seed_offset: int = 0,
+) -> dict:
+    """Fine-tune ``variables`` of ``model`` with the config's optimizer at ``learning_rate``.
+
+    ``gradient_transform`` (e.g. weight sharing's tied cluster gradients) runs before the
+    optimizer; ``mask`` is re-applied after every update. Resumable in ``workdir``. Returns the
+    fine-tuned variables on the host (``variables`` unchanged when ``epochs == 0``).
+    """
+    if epochs == 0:
+        return dict(variables)
+    batch_size = batch_size or config.train.batch_size
+    optimizer = copy.deepcopy(config.optimizer)
+    optimizer.learning_rate = learning_rate
+    optimizer.schedule = schedule
+    optimizer.warmup_epochs = 0.0
+    tx = training.make_optimizer(optimizer, splits.train.num_examples // batch_size, epochs)
+    if gradient_transform is not None:
+        tx = optax.chain(gradient_transform, tx)
+    sample = (1, *splits.train.images.shape[1:])
+    seed = config.train.seed + seed_offset
+    state = training.create_train_state(model, tx, seed, sample, variables=variables)
+    state, _ = training.fit(
+        state,
+        splits.train,
+        splits.validation if splits.validation is not None else splits.test,
+        workdir=workdir,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        mask=mask,
+        eval_batch_size=config.train.eval_batch_size,
+        log_every_steps=config.train.log_every_steps,
+        augment=training.augment_from_config(config),
+    )
+    return jax.device_get(state.variables)
+
+
+def evaluate_test(model: nn.Module, variables: Variables, splits: data.Splits, batch_size: int):
+    """``{'accuracy', 'loss'}`` on the test split."""
+    return training.evaluate(model, splits.test, batch_size, variables=variables)
+
+
+class Timer:
+    """Wall time per named phase, accumulated over repeated phases."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            logging.info("%s: %.1f s", name, self.seconds[name])
