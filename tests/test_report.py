@@ -42,10 +42,10 @@ def test_figures_are_png_files(tmp_path):
     )
     grid = report.image_grid(
         tmp_path / "grid.png",
-        [[np.zeros((4, 4)), np.linspace(-1, 1, 16).reshape(4, 4)]],
-        titles=[["image", "attribution"]],
+        [[np.zeros((4, 4))], [np.linspace(-1, 1, 16).reshape(4, 4)]],
+        titles=[["image"], ["attribution"]],
         cmaps=["gray", "bwr"],
-        symmetric=[False, True],
+        symmetric_rows=[False, True],
     )
     for path in (line, bars, grid):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

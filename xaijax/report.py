@@ -148,10 +148,10 @@ def image_grid(
     *,
     titles: Iterable[Sequence[str]] | None = None,
     cmaps: Sequence[str] | None = None,
-    symmetric: Sequence[bool] | None = None,
+    symmetric_rows: Sequence[bool] | None = None,
 ) -> Path:
-    """A grid of images: ``rows[i][j]`` is a 2-D array (or HxWx3). ``symmetric[j]`` centres the
-    colour scale of column ``j`` on zero (for signed attributions)."""
+    """A grid of images: ``rows[i][j]`` is a 2-D array (or HxWx3). ``cmaps[i]`` colours row ``i``;
+    ``symmetric_rows[i]`` centres its colour scale on zero (for signed attributions)."""
     rows = [list(row) for row in rows]
     titles = [list(t) for t in titles] if titles is not None else None
     n_rows, n_cols = len(rows), max(len(row) for row in rows)
@@ -159,8 +159,8 @@ def image_grid(
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
             ax = axes[i][j]
-            kwargs: dict[str, Any] = {"cmap": cmaps[j] if cmaps else "gray"}
-            if symmetric and symmetric[j]:
+            kwargs: dict[str, Any] = {"cmap": cmaps[i] if cmaps else "gray"}
+            if symmetric_rows and symmetric_rows[i]:
                 bound = float(abs(image).max()) or 1.0
                 kwargs.update(vmin=-bound, vmax=bound)
             ax.imshow(image, **kwargs)

@@ -1,0 +1,351 @@
+"""The main job: one resumable compression pipeline and its report.
+
+``run(config, workdir)`` goes, in order, through
+
+1. ``baseline``: train the float model (or load it) and measure it;
+2. ``explain``: DeepLIFT heatmaps of test images and per-layer unit importance under every
+   criterion of ``config.compress.criteria``;
+3. ``prune``: for every criterion, importance-driven pruning (``config.prune``) with fine-tuning;
+   the model pruned by ``config.compress.carry`` (DeepLIFT by default), physically shrunk, feeds
+   the next stages;
+4. ``share``: weight sharing of the pruned model (``config.share``), DeepLIFT-weighted k-means
+   against plain and magnitude-weighted k-means;
+5. ``quantize``: mixed-precision integer quantization of the pruned model (``config.quantize``),
+   bit allocation strategies side by side;
+6. ``report``: ``report.md``, ``results.json`` and figures in ``workdir``.
+
+Each stage lives in ``workdir/<stage>`` and is finished when its ``stage.json`` exists (written
+atomically, last); a rerun of the same command skips finished stages and resumes unfinished
+ones from their own checkpoints and per-run result files, so nothing finished is recomputed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from xaijax import checkpoint, importance, models, report, training
+from xaijax.experiments import common
+from xaijax.experiments import explain as explain_experiment
+from xaijax.experiments import prune as prune_experiment
+from xaijax.experiments import quantize as quantize_experiment
+from xaijax.experiments import share as share_experiment
+
+STAGES = ("prune", "share", "quantize")
+FLOAT32_BITS = 32
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The ``config.compress`` section and its defaults."""
+    return ml_collections.ConfigDict(
+        {
+            "stages": STAGES,
+            "criteria": ("deeplift", "magnitude", "taylor", "random"),
+            "carry": "deeplift",
+            "explain_examples": 8,
+            "importance_examples": 1000,
+        }
+    )
+
+
+def validate(section: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first bad ``config.compress`` field."""
+    unknown = [stage for stage in section.stages if stage not in STAGES]
+    if unknown:
+        raise ValueError(f"config.compress.stages has unknown stages {unknown}; known: {STAGES}")
+    if not section.criteria:
+        raise ValueError("config.compress.criteria must name at least one criterion")
+    for name in section.criteria:
+        importance.get_criterion(name)
+    if section.carry not in section.criteria:
+        raise ValueError(
+            f"config.compress.carry ({section.carry!r}) must be one of config.compress.criteria "
+            f"{tuple(section.criteria)}"
+        )
+    for field in ("explain_examples", "importance_examples"):
+        value = section[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.compress.{field} must be an integer >= 1, got {value!r}")
+
+
+def run_stage(workdir: Path, name: str, compute: Callable[[Path], dict[str, Any]]) -> dict:
+    """``compute(workdir/name)`` unless the stage already finished; its results either way."""
+    stage_dir = workdir / name
+    done = stage_dir / "stage.json"
+    if done.exists():
+        logging.info("stage %s: already finished", name)
+        return json.loads(done.read_text())
+    logging.info("stage %s: running", name)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    results = compute(stage_dir)
+    checkpoint.write_json_atomic(done, results)
+    return json.loads(done.read_text())
+
+
+def size_bits(params: Any) -> int:
+    """Storage of ``params`` as float32 with pruned (exactly zero) kernel entries dropped: 32
+    bits per kept value plus a 1-bit mask per kernel entry in kernels that have zeros."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        leaf = np.asarray(leaf)
+        is_kernel = jax.tree_util.keystr(path).endswith("['kernel']")
+        kept = int(np.count_nonzero(leaf)) if is_kernel else leaf.size
+        total += FLOAT32_BITS * kept + (leaf.size if is_kernel and kept < leaf.size else 0)
+    return total
+
+
+def _with(config: ml_collections.ConfigDict, name: str, **fields: Any) -> ml_collections.ConfigDict:
+    """A copy of ``config`` whose section ``name`` has ``fields`` set."""
+    config = copy.deepcopy(config)
+    if name not in config:
+        config[name] = ml_collections.ConfigDict()
+    for key, value in fields.items():
+        config[name][key] = value
+    return config
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """The whole pipeline (see the module docstring); returns the report's results."""
+    section = common.section(config, "compress", defaults(), validate)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    splits = training.datasets_from_config(config)
+    model = training.model_from_config(config)
+    input_shape = splits.train.images.shape[1:]
+    eval_batch = config.train.eval_batch_size
+
+    def baseline(stage_dir: Path) -> dict[str, Any]:
+        variables = common.load_or_train(config, stage_dir)
+        test = common.evaluate_test(model, variables, splits, eval_batch)
+        costs = models.layer_costs(model, variables, input_shape)
+        return {
+            "accuracy": test["accuracy"],
+            "loss": test["loss"],
+            "params": models.count_params(variables["params"]),
+            "flops": sum(c["flops"] for c in costs.values()),
+            "size_bits": size_bits(variables["params"]),
+        }
+
+    results: dict[str, Any] = {"model": config.model.name, "dataset": config.data.name}
+    results["baseline"] = run_stage(workdir, "baseline", baseline)
+    variables = common.load_variables(workdir / "baseline" / "variables")
+
+    def explain(stage_dir: Path) -> dict[str, Any]:
+        return explain_experiment.run(
+            model,
+            variables,
+            splits,
+            stage_dir,
+            criteria=tuple(section.criteria),
+            num_images=section.explain_examples,
+            num_examples=section.importance_examples,
+        )
+
+    results["explain"] = run_stage(workdir, "explain", explain)
+
+    carry_model, carry_variables = model, variables
+    if "prune" in section.stages:
+        results["prune"] = {}
+        for criterion in section.criteria:
+            results["prune"][criterion] = run_stage(
+                workdir / "prune",
+                criterion,
+                lambda d, c=criterion: prune_experiment.run(
+                    _with(config, "prune", criterion=c), d, model=model, variables=variables
+                ),
+            )
+        carry_dir = workdir / "prune" / section.carry
+        carry_model, carry_variables = prune_experiment.load_result(model, carry_dir)
+    if "share" in section.stages:
+        results["share"] = run_stage(
+            workdir,
+            "share",
+            lambda d: share_experiment.run(config, d, model=carry_model, variables=carry_variables),
+        )
+    if "quantize" in section.stages:
+        results["quantize"] = run_stage(
+            workdir,
+            "quantize",
+            lambda d: quantize_experiment.run(
+                config, d, model=carry_model, variables=carry_variables
+            ),
+        )
+    summary = write_report(workdir, results, section)
+    checkpoint.write_json_atomic(workdir / "results.json", {**results, "summary": summary})
+    return {**results, "summary": summary}
+
+
+def _ratio(baseline_bits: int, bits: float) -> float:
+    return float(baseline_bits) / float(bits)
+
+
+def stage_rows(results: Mapping[str, Any], carry: str) -> list[dict[str, Any]]:
+    """One row per stage: accuracy, params, FLOPs, size and compression ratio vs float32."""
+    base = results["baseline"]
+    rows = [
+        {
+            "stage": "baseline (float32)",
+            "accuracy": base["accuracy"],
+            "params": base["params"],
+            "flops": base["flops"],
+            "size_bytes": base["size_bits"] // 8,
+            "ratio": 1.0,
+        }
+    ]
+    if "prune" in results:
+        pruned = results["prune"][carry]
+        rows.append(
+            {
+                "stage": f"pruned ({carry}) + fine-tuned",
+                "accuracy": pruned["accuracy"]["after_finetune"],
+                "params": pruned["nonzero_params"],
+                "flops": pruned["flops"]["masked"],
+                "size_bytes": pruned["size_bits"] // 8,
+                "ratio": _ratio(base["size_bits"], pruned["size_bits"]),
+            }
+        )
+    after_prune = rows[-1]
+    if "share" in results:
+        for row in results["share"]["rows"]:
+            if row["importance"] == carry:
+                rows.append(
+                    {
+                        "stage": f"+ weight sharing ({carry}, {row['bits']} bits) + fine-tuned",
+                        "accuracy": row["accuracy_finetuned"],
+                        "params": after_prune["params"],
+                        "flops": after_prune["flops"],
+                        "size_bytes": row["size_bits"] // 8,
+                        "ratio": _ratio(base["size_bits"], row["size_bits"]),
+                    }
+                )
+    if "quantize" in results:
+        for run in results["quantize"]["runs"]:
+            if run["strategy"].startswith(carry):
+                rows.append(
+                    {
+                        "stage": f"+ {run['strategy']} {run['budget']:g} bits (QAT)",
+                        "accuracy": run["qat_accuracy"],
+                        "params": after_prune["params"],
+                        "flops": after_prune["flops"],
+                        "size_bytes": int(run["size"]["total"]),
+                        "ratio": _ratio(base["size_bits"], 8 * run["size"]["total"]),
+                    }
+                )
+    return rows
+
+
+def criteria_tables(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Every criterion / importance / strategy side by side, per stage."""
+    tables: dict[str, list[dict[str, Any]]] = {}
+    base_bits = results["baseline"]["size_bits"]
+    if "prune" in results:
+        tables["prune"] = [
+            {
+                "criterion": name,
+                "accuracy_pruned": r["accuracy"]["pruned_before_finetune"],
+                "accuracy_finetuned": r["accuracy"]["after_finetune"],
+                "params": r["nonzero_params"],
+                "flops": r["flops"]["masked"],
+                "ratio": _ratio(base_bits, r["size_bits"]),
+            }
+            for name, r in results["prune"].items()
+        ]
+    if "share" in results:
+        tables["share"] = [
+            {
+                "importance": r["importance"],
+                "bits": r["bits"],
+                "accuracy_shared": r["accuracy_shared"],
+                "accuracy_finetuned": r["accuracy_finetuned"],
+                "size_bytes": r["size_bits"] // 8,
+                "ratio": _ratio(base_bits, r["size_bits"]),
+            }
+            for r in results["share"]["rows"]
+        ]
+    if "quantize" in results:
+        tables["quantize"] = [
+            {
+                "strategy": r["strategy"],
+                "budget": r["budget"],
+                "avg_bits": r["avg_bits"],
+                "accuracy_ptq": r["ptq_accuracy"],
+                "accuracy_qat": r["qat_accuracy"],
+                "size_bytes": int(r["size"]["total"]),
+                "ratio": _ratio(base_bits, 8 * r["size"]["total"]),
+            }
+            for r in results["quantize"]["runs"]
+        ]
+    return tables
+
+
+def accuracy_vs_compression(tables: Mapping[str, list[dict[str, Any]]]) -> dict[str, tuple]:
+    """``label -> (ratios, accuracies)`` after fine-tuning, one series per method and criterion."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    keys = {
+        "prune": ("criterion", "accuracy_finetuned"),
+        "share": ("importance", "accuracy_finetuned"),
+        "quantize": ("strategy", "accuracy_qat"),
+    }
+    for stage, (name_key, accuracy_key) in keys.items():
+        for row in tables.get(stage, []):
+            xs, ys = series.setdefault(f"{stage}: {row[name_key]}", ([], []))
+            xs.append(row["ratio"])
+            ys.append(row[accuracy_key])
+    return series
+
+
+def write_report(
+    workdir: Path, results: Mapping[str, Any], section: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """``report.md`` and its figures in ``workdir``; returns the summary tables."""
+    stages = stage_rows(results, section.carry)
+    tables = criteria_tables(results)
+    figures = {
+        "accuracy_vs_compression": report.line_plot(
+            workdir / "accuracy_vs_compression.png",
+            accuracy_vs_compression(tables),
+            xlabel="compression ratio vs float32 (size)",
+            ylabel="test accuracy after fine-tuning",
+            title=f"{results['model']} on {results['dataset']}",
+            log_x=True,
+        ).name
+    }
+    explain = results["explain"]
+    lines = [
+        f"# Compression report: {results['model']} on {results['dataset']}",
+        "",
+        "Generated by `xaijax.pipeline` (rerun the same command to resume or refresh).",
+        "",
+        "## Stages",
+        "",
+        report.markdown_table(stages),
+        "## Criteria side by side",
+        "",
+    ]
+    for stage, rows in tables.items():
+        lines += [f"### {stage}", "", report.markdown_table(rows)]
+    lines += [
+        "## Figures",
+        "",
+        f"![accuracy vs compression]({figures['accuracy_vs_compression']})",
+        "",
+        f"![per-layer importance](explain/{explain['importance_figure']})",
+        "",
+        f"![DeepLIFT heatmaps](explain/{explain['heatmap_figure']})",
+        "",
+        f"Largest summation-to-delta error of the heatmaps: {explain['max_delta_error']:.2e}.",
+        "",
+    ]
+    if "quantize" in results:
+        for figure in sorted((workdir / "quantize").glob("bits_per_layer_*.png")):
+            lines += [f"![bits per layer](quantize/{figure.name})", ""]
+    report.write_text_atomic(workdir / "report.md", "\n".join(lines))
+    return {"stages": stages, "criteria": tables, "figures": figures}
