@@ -28,11 +28,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 
-from xaijax import checkpoint, importance, models, report, training
+from xaijax import checkpoint, importance, models, pruning, report, training
 from xaijax.experiments import common
 from xaijax.experiments import explain as explain_experiment
 from xaijax.experiments import prune as prune_experiment
@@ -40,7 +38,6 @@ from xaijax.experiments import quantize as quantize_experiment
 from xaijax.experiments import share as share_experiment
 
 STAGES = ("prune", "share", "quantize")
-FLOAT32_BITS = 32
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -90,18 +87,6 @@ def run_stage(workdir: Path, name: str, compute: Callable[[Path], dict[str, Any]
     return json.loads(done.read_text())
 
 
-def size_bits(params: Any) -> int:
-    """Storage of ``params`` as float32 with pruned (exactly zero) kernel entries dropped: 32
-    bits per kept value plus a 1-bit mask per kernel entry in kernels that have zeros."""
-    total = 0
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        leaf = np.asarray(leaf)
-        is_kernel = jax.tree_util.keystr(path).endswith("['kernel']")
-        kept = int(np.count_nonzero(leaf)) if is_kernel else leaf.size
-        total += FLOAT32_BITS * kept + (leaf.size if is_kernel and kept < leaf.size else 0)
-    return total
-
-
 def _with(config: ml_collections.ConfigDict, name: str, **fields: Any) -> ml_collections.ConfigDict:
     """A copy of ``config`` whose section ``name`` has ``fields`` set."""
     config = copy.deepcopy(config)
@@ -131,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "loss": test["loss"],
             "params": models.count_params(variables["params"]),
             "flops": sum(c["flops"] for c in costs.values()),
-            "size_bits": size_bits(variables["params"]),
+            "size_bits": pruning.storage_bits(variables["params"]),
         }
 
     results: dict[str, Any] = {"model": config.model.name, "dataset": config.data.name}
@@ -208,8 +193,8 @@ def stage_rows(results: Mapping[str, Any], carry: str) -> list[dict[str, Any]]:
                 "accuracy": pruned["accuracy"]["after_finetune"],
                 "params": pruned["nonzero_params"],
                 "flops": pruned["flops"]["masked"],
-                "size_bytes": pruned["size_bits"] // 8,
-                "ratio": _ratio(base["size_bits"], pruned["size_bits"]),
+                "size_bytes": pruned["size_bits"]["pruned"] // 8,
+                "ratio": _ratio(base["size_bits"], pruned["size_bits"]["pruned"]),
             }
         )
     after_prune = rows[-1]
@@ -254,7 +239,7 @@ def criteria_tables(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]
                 "accuracy_finetuned": r["accuracy"]["after_finetune"],
                 "params": r["nonzero_params"],
                 "flops": r["flops"]["masked"],
-                "ratio": _ratio(base_bits, r["size_bits"]),
+                "ratio": _ratio(base_bits, r["size_bits"]["pruned"]),
             }
             for name, r in results["prune"].items()
         ]

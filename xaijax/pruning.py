@@ -491,6 +491,26 @@ def masked_costs(
     return result
 
 
+def nonzero_count(params: Any) -> int:
+    """Number of non-zero entries in a parameter pytree (what pruning leaves)."""
+    return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf in jax.tree.leaves(params)))
+
+
+def storage_bits(params: Any, value_bits: int = 32) -> int:
+    """Storage of ``params`` with pruned (exactly zero) kernel entries dropped: ``value_bits`` per
+    kept value plus a 1-bit presence mask per entry of every kernel that has zeros. Non-kernel
+    leaves (biases, BatchNorm) are stored whole."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        leaf = np.asarray(leaf)
+        if jax.tree_util.keystr(path).endswith("['kernel']"):
+            kept = int(np.count_nonzero(leaf))
+            total += value_bits * kept + (leaf.size if kept < leaf.size else 0)
+        else:
+            total += value_bits * leaf.size
+    return total
+
+
 def total_costs(costs: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
     """Sum of per-layer ``params`` and ``flops``."""
     return {

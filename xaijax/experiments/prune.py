@@ -1,0 +1,300 @@
+"""Pruning experiment: score, mask, fine-tune with the mask, evaluate, shrink.
+
+Settings are the ``config.prune`` section (:func:`defaults`). Scoring uses the first
+``num_examples`` training examples; masks come from ``xaijax.pruning`` (``iterations`` rounds of
+prune + fine-tune); structured masks also give the physically narrower model
+(``xaijax.pruning.shrink``). ``workdir/results.json`` (atomic) holds accuracy before pruning,
+after pruning and after fine-tuning, unit and kernel sparsity per layer, parameters, FLOPs and
+storage (dense, masked, shrunk) and the wall time of each phase; ``pruned_variables`` (masked,
+original shapes) and, for structured masks, ``shrunk_variables`` are saved beside it.
+
+:func:`sweep` runs one-shot pruning over criteria x sparsities x granularities into
+``workdir/sweep.csv`` with accuracy-vs-sparsity and accuracy-vs-FLOPs plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from xaijax import checkpoint, data, importance, models, pruning, report, training
+from xaijax.experiments import common
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """The ``prune`` config section and its defaults."""
+    return ml_collections.ConfigDict(
+        {
+            # Where the trained model lives (None: <workdir>/trained).
+            "trained_workdir": config_dict.placeholder(str),
+            # Importance: a name of xaijax.importance.CRITERIA and its options.
+            "criterion": "deeplift",
+            "target": "label",
+            "reference": config_dict.placeholder(str),  # None: the criterion's default
+            "num_references": 8,
+            "num_examples": 10_000,
+            "score_batch_size": 128,
+            "seed": 0,
+            # Masks: "unit" (filters / neurons), "weight" (single weights) or "hybrid" (conv
+            # filters and dense weights); fractions removed from conv and from dense layers.
+            "granularity": "hybrid",
+            "conv_sparsity": 0.5,
+            "dense_sparsity": 0.9,
+            "scope": "layer",
+            "normalize": "mean",
+            "min_units": 1,
+            "prune_classifier": False,
+            # Iterative schedule: rounds of prune + fine-tune.
+            "iterations": 1,
+            "schedule": "linear",
+            # Fine-tuning (the config's optimizer with this learning rate, constant schedule).
+            "finetune_epochs": 3,
+            "finetune_learning_rate": 5e-4,
+            "finetune_batch_size": config_dict.placeholder(int),  # None: config.train.batch_size
+        }
+    )
+
+
+def validate(prune: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first bad ``prune`` field (before any work)."""
+    importance.get_criterion(prune.criterion)
+    choices = {
+        "target": importance.TARGETS,
+        "granularity": tuple(pruning.GRANULARITY_KINDS),
+        "scope": pruning.SCOPES,
+        "normalize": pruning.NORMALIZATIONS,
+        "schedule": ("linear", "cubic"),
+    }
+    for field, allowed in choices.items():
+        if prune[field] not in allowed:
+            raise ValueError(f"config.prune.{field} must be one of {allowed}, got {prune[field]!r}")
+    if prune.reference is not None and prune.reference not in importance.REFERENCES:
+        raise ValueError(
+            f"config.prune.reference must be None or one of {importance.REFERENCES}, "
+            f"got {prune.reference!r}"
+        )
+    for field in ("conv_sparsity", "dense_sparsity"):
+        if not 0 <= prune[field] < 1:
+            raise ValueError(f"config.prune.{field} must be in [0, 1), got {prune[field]!r}")
+    minimums = {
+        "num_examples": 1,
+        "score_batch_size": 1,
+        "iterations": 1,
+        "min_units": 1,
+        "num_references": 1,
+        "finetune_epochs": 0,
+    }
+    for field, minimum in minimums.items():
+        if not isinstance(prune[field], int) or prune[field] < minimum:
+            raise ValueError(
+                f"config.prune.{field} must be an integer >= {minimum}, got {prune[field]!r}"
+            )
+    if not prune.finetune_learning_rate > 0:
+        raise ValueError("config.prune.finetune_learning_rate must be > 0")
+
+
+def finetune_fn(
+    config: ml_collections.ConfigDict,
+    prune: ml_collections.ConfigDict,
+    model: nn.Module,
+    splits: data.Splits,
+    workdir: Path,
+) -> Callable[[Mapping[str, Any], Any], dict[str, Any]]:
+    """``(variables, params_mask) -> fine-tuned variables``; round ``r`` trains (resumably) in
+    ``workdir/finetune_<r>`` with the mask re-applied after every update."""
+    rounds = {"count": 0}
+
+    def finetune(variables: Mapping[str, Any], mask: Any) -> dict[str, Any]:
+        rounds["count"] += 1
+        return common.finetune(
+            config,
+            model,
+            splits,
+            variables,
+            workdir=workdir / f"finetune_{rounds['count']}",
+            epochs=prune.finetune_epochs,
+            learning_rate=prune.finetune_learning_rate,
+            batch_size=prune.finetune_batch_size,
+            mask=mask,
+            seed_offset=rounds["count"],
+        )
+
+    return finetune
+
+
+def score_fn(
+    prune: ml_collections.ConfigDict, model: Any, train: data.Dataset
+) -> Callable[[Mapping[str, Any], str], Any]:
+    """``(variables, granularity) -> scores`` with the ``prune`` options."""
+
+    def scores(variables: Mapping[str, Any], granularity: str) -> Any:
+        return jax.device_get(
+            importance.score(
+                prune.criterion,
+                model,
+                variables,
+                train,
+                granularity=granularity,
+                batch_size=prune.score_batch_size,
+                num_examples=min(prune.num_examples, train.num_examples),
+                target=prune.target,
+                reference=prune.reference,
+                num_references=prune.num_references,
+                seed=prune.seed,
+            )
+        )
+
+    return scores
+
+
+def exclude_from(prune: ml_collections.ConfigDict, specs: Sequence[models.LayerSpec]) -> tuple:
+    """Layers never pruned: the classifier unless ``prune.prune_classifier``."""
+    return () if prune.prune_classifier else pruning.default_exclude(specs)
+
+
+def trained_variables(
+    config: ml_collections.ConfigDict, prune: ml_collections.ConfigDict, workdir: Path
+) -> dict[str, Any]:
+    """The baseline of ``prune.trained_workdir`` (default ``<workdir>/trained``), trained there
+    first when absent."""
+    return common.load_or_train(config, prune.trained_workdir or workdir / "trained")
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    variables: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole pruning experiment; returns the results dict (also written to results.json).
+
+    Starts from ``model`` / ``variables`` when given, else from the baseline trained (if absent)
+    in ``config.prune.trained_workdir`` (default ``<workdir>/trained``).
+    """
+    prune = common.section(config, "prune", defaults(), validate)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    timer = common.Timer()
+    if variables is None:
+        with timer.phase("load_or_train"):
+            variables = trained_variables(config, prune, workdir)
+    splits = training.datasets_from_config(config)
+    model = model if model is not None else training.model_from_config(config)
+    specs = model.layer_specs()
+    input_shape = splits.train.images.shape[1:]
+    eval_batch = config.train.eval_batch_size
+
+    def accuracy(model: nn.Module, variables: Mapping[str, Any]) -> float:
+        return common.evaluate_test(model, variables, splits, eval_batch)["accuracy"]
+
+    exclude = exclude_from(prune, specs)
+
+    with timer.phase("evaluate_dense"):
+        dense_accuracy = accuracy(model, variables)
+    score = score_fn(prune, model, splits.train)
+    finetune = finetune_fn(config, prune, model, splits, workdir)
+    before_finetune: list[float] = []
+
+    def timed_score(current: Mapping[str, Any], granularity: str) -> Any:
+        with timer.phase("score"):
+            return score(current, granularity)
+
+    def evaluate_then_finetune(current: Mapping[str, Any], mask: Any) -> dict[str, Any]:
+        with timer.phase("evaluate_pruned"):
+            before_finetune.append(accuracy(model, current))
+        with timer.phase("finetune"):
+            return finetune(current, mask)
+
+    result = pruning.iterative_prune(
+        variables,
+        specs=specs,
+        score_fn=timed_score,
+        finetune_fn=evaluate_then_finetune,
+        num_steps=prune.iterations,
+        conv_sparsity=prune.conv_sparsity,
+        dense_sparsity=prune.dense_sparsity,
+        granularity=prune.granularity,
+        scope=prune.scope,
+        schedule=prune.schedule,
+        exclude=exclude,
+        min_units=prune.min_units,
+        normalize=prune.normalize,
+    )
+    with timer.phase("evaluate_finetuned"):
+        final_accuracy = common.evaluate_test(model, result.variables, splits, eval_batch)[
+            "accuracy"
+        ]
+
+    dense_costs = models.layer_costs(model, variables, input_shape)
+    masked = pruning.masked_costs(model, result.variables, result.params_mask, input_shape)
+    results: dict[str, Any] = {
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "prune": prune.to_dict(),
+        "accuracy": {
+            "dense": dense_accuracy,
+            "pruned_before_finetune": before_finetune[-1],
+            "after_finetune": final_accuracy,
+            "per_round_before_finetune": before_finetune,
+        },
+        "unit_sparsity": None
+        if result.unit_masks is None
+        else pruning.unit_sparsity(result.unit_masks),
+        "kernel_sparsity": pruning.kernel_sparsity(specs, result.variables["params"]),
+        "params": {
+            "dense": models.count_params(variables["params"]),
+            "dense_layers": pruning.total_costs(dense_costs)["params"],
+            "masked_layers": pruning.total_costs(masked)["params"],
+        },
+        "nonzero_params": pruning.nonzero_count(result.variables["params"]),
+        "size_bits": {
+            "dense": pruning.storage_bits(variables["params"]),
+            "pruned": pruning.storage_bits(result.variables["params"]),
+        },
+        "flops": {
+            "dense": pruning.total_costs(dense_costs)["flops"],
+            "masked": pruning.total_costs(masked)["flops"],
+        },
+        "layers": {"dense": dense_costs, "masked": masked},
+        "history": result.history,
+    }
+    if result.unit_masks is not None:
+        with timer.phase("shrink"):
+            narrow, narrow_variables = pruning.shrink(model, result.variables, result.unit_masks)
+            narrow_costs = models.layer_costs(narrow, narrow_variables, input_shape)
+            results["shrunk"] = {
+                "widths": {s.name: int(result.unit_masks[s.name].sum()) for s in specs},
+                "accuracy": common.evaluate_test(narrow, narrow_variables, splits, eval_batch)[
+                    "accuracy"
+                ],
+                "params": models.count_params(narrow_variables["params"]),
+                "flops": pruning.total_costs(narrow_costs)["flops"],
+            }
+            checkpoint.save_variables(workdir / "shrunk_variables", narrow_variables)
+    checkpoint.save_variables(workdir / "pruned_variables", result.variables)
+    results["wall_time_s"] = timer.seconds
+    checkpoint.write_json_atomic(workdir / "results.json", results)
+    return results
+
+
+def load_result(model: nn.Module, workdir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The pruned model of a finished run in ``workdir``: the shrunk (narrower) model and its
+    variables when the masks were structured, else ``model`` with the masked variables."""
+    workdir = Path(workdir)
+    results = json.loads((workdir / "results.json").read_text())
+    if "shrunk" not in results:
+        return model, common.load_variables(workdir / "pruned_variables")
+    classifier = {spec.name for spec in model.layer_specs() if spec.is_classifier}
+    widths = {k: v for k, v in results["shrunk"]["widths"].items() if k not in classifier}
+    return model.clone(widths=widths), common.load_variables(workdir / "shrunk_variables")
