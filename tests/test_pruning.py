@@ -466,3 +466,116 @@ def test_sparsity_schedule():
     assert cubic[0] > linear[0]  # Cubic prunes fast early, slowly near the target.
     with pytest.raises(ValueError, match="num_steps"):
         pruning.sparsity_schedule(0.5, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The pruning experiment and the sweep in process (xaijax.experiments.prune), on digits
+# ------------------------------------------------------------------------------------------------
+
+TINY_WIDTHS = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
+
+
+def digits_smoke_config(prune_fields):
+    """configs/digits_smoke.py with tiny widths and a ``prune`` section."""
+    import importlib.util
+    from pathlib import Path
+
+    import ml_collections
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "digits_smoke.py"
+    spec = importlib.util.spec_from_file_location("digits_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.widths = TINY_WIDTHS
+    config.prune = ml_collections.ConfigDict(
+        {"num_examples": 64, "finetune_epochs": 1, **prune_fields}
+    )
+    return config
+
+
+def tiny_digits_model():
+    """The tiny VGG and random variables (no baseline training: the tests check bookkeeping)."""
+    model = training.model_from_config(digits_smoke_config({}))
+    variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))
+    return model, variables
+
+
+def test_sweep_rows_plots_and_resume(tmp_path, monkeypatch):
+    from xaijax.experiments import common
+    from xaijax.experiments import prune as prune_experiment
+
+    config = digits_smoke_config({})
+    model, variables = tiny_digits_model()
+    sparsities = (0.3, 0.6)
+    kwargs = dict(
+        criteria=("deeplift", "magnitude"), sparsities=sparsities, granularities=("unit",)
+    )
+    rows = prune_experiment.sweep(config, tmp_path, model=model, variables=variables, **kwargs)
+
+    csv_path = tmp_path / "sweep.csv"
+    assert prune_experiment.read_sweep_rows(csv_path) == rows
+    assert [(r["criterion"], r["sparsity"]) for r in rows] == [
+        (c, s) for c in ("deeplift", "magnitude") for s in sparsities
+    ]
+    for criterion in ("deeplift", "magnitude"):
+        mine = [r for r in rows if r["criterion"] == criterion]
+        assert mine[0]["flops_dense"] > mine[0]["flops"] > mine[1]["flops"]
+        assert mine[0]["params_dense"] > mine[0]["params"] > mine[1]["params"]
+        assert mine[0]["size_bits_dense"] > mine[0]["size_bits"] > mine[1]["size_bits"]
+    for row in rows:
+        for key in ("accuracy_dense", "accuracy_before_finetune", "accuracy_after_finetune"):
+            assert 0 <= row[key] <= 1
+        assert 0 < row["kernel_sparsity"] < 1
+    pngs = [tmp_path / f"sweep_unit_{axis}.png" for axis in ("sparsity", "flops")]
+    assert all(p.stat().st_size > 0 for p in pngs)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished sweep point was recomputed")
+
+    monkeypatch.setattr(prune_experiment, "score_fn", must_not_run)
+    monkeypatch.setattr(prune_experiment, "finetune_fn", must_not_run)
+    monkeypatch.setattr(common, "evaluate_test", must_not_run)
+    monkeypatch.setattr(common, "load_or_train", must_not_run)
+    written = csv_path.stat().st_mtime_ns
+    assert prune_experiment.sweep(config, tmp_path, **kwargs) == rows
+    assert csv_path.stat().st_mtime_ns == written
+
+    with pytest.raises(ValueError, match="sparsities"):
+        prune_experiment.sweep(config, tmp_path, **{**kwargs, "sparsities": (1.0,)})
+    with pytest.raises(ValueError, match="criterion"):
+        prune_experiment.sweep(config, tmp_path, **{**kwargs, "criteria": ("nope",)})
+
+
+def test_prune_run_structured_shrunk_model_equals_masked_model(tmp_path):
+    from xaijax.experiments import common
+    from xaijax.experiments import prune as prune_experiment
+
+    config = digits_smoke_config(
+        {
+            "criterion": "deeplift",
+            "granularity": "unit",
+            "conv_sparsity": 0.5,
+            "dense_sparsity": 0.5,
+        }
+    )
+    model, variables = tiny_digits_model()
+    results = prune_experiment.run(config, tmp_path, model=model, variables=variables)
+
+    narrow, narrow_variables = prune_experiment.load_result(model, tmp_path)
+    masked = common.load_variables(tmp_path / "pruned_variables")
+    for spec in model.layer_specs():
+        width = narrow_variables["params"][spec.name]["kernel"].shape[-1]
+        assert width == results["shrunk"]["widths"][spec.name]
+        dense_width = variables["params"][spec.name]["kernel"].shape[-1]
+        assert width == (dense_width if spec.is_classifier else dense_width - dense_width // 2)
+    x = training.datasets_from_config(config).test.images[:32]
+    expected = model.apply(masked, x, train=False)
+    got = narrow.apply(narrow_variables, x, train=False)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.abs(expected).max()))
+
+    assert results["nonzero_params"] == pruning.nonzero_count(masked["params"])
+    assert results["nonzero_params"] < models.count_params(variables["params"])
+    assert results["size_bits"]["pruned"] < results["size_bits"]["dense"]
+    assert results["shrunk"]["params"] < results["params"]["dense"]
+    assert 0 <= results["accuracy"]["after_finetune"] <= 1
