@@ -5,7 +5,10 @@
 Adam, batch 128, the training loop of ``xaijax.training.fit`` (data staged on the devices, one
 jitted step per batch indexing the staged epoch). Each model is warmed up (compilation and one
 timed-out pass), then ``--repeats`` passes of ``--steps`` steps are timed; the median is reported,
-together with the cost of staging a whole epoch (host gather + transfer) spread over its steps.
+together with the cost of staging a whole epoch (host gather + transfer) spread over its steps,
+and images per CPU-second used by this process (all threads), which is less sensitive to other
+processes competing for the cores than wall-clock throughput; the 1-minute load average is
+printed so contended runs can be recognised.
 For scale, the issue quotes an equivalent PyTorch CPU loop measured on 2 cores at about 12,500
 images/s (LeNet-5) and 1,100 images/s (small VGG); those numbers were not measured by this script.
 """
@@ -51,11 +54,12 @@ def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, rep
     started = time.perf_counter()
     state, _ = run(state)  # Warm-up: compilation plus one pass.
     warmup_seconds = time.perf_counter() - started
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         state, loss = run(state)
         rates.append(steps * batch_size / (time.perf_counter() - started))
+        cpu_rates.append(steps * batch_size / (time.process_time() - cpu_started))
     median = statistics.median(rates)
     epoch_steps = indices.shape[0]
     with_staging = epoch_steps * batch_size / (stage_seconds + epoch_steps * batch_size / median)
@@ -66,6 +70,8 @@ def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, rep
         "images_per_sec_max": max(rates),
         "images_per_sec_epoch_incl_staging": with_staging,
         "epoch_staging_seconds": stage_seconds,
+        "images_per_cpu_second_median": statistics.median(cpu_rates),
+        "load_average_1min": os.getloadavg()[0],
         "warmup_seconds": warmup_seconds,
         "steps_per_run": steps,
         "repeats": repeats,
@@ -99,7 +105,9 @@ def main() -> None:
         print(
             f"{name:10s} {result['images_per_sec_median']:9.0f} images/s median "
             f"(min {result['images_per_sec_min']:.0f}, max {result['images_per_sec_max']:.0f}; "
-            f"{result['images_per_sec_epoch_incl_staging']:.0f} over an epoch incl. staging) | "
+            f"{result['images_per_sec_epoch_incl_staging']:.0f} over an epoch incl. staging; "
+            f"{result['images_per_cpu_second_median']:.0f} per CPU-second of this process; "
+            f"load average {result['load_average_1min']:.1f}) | "
             f"PyTorch CPU reference {result['pytorch_cpu_reference_images_per_sec']:.0f} -> "
             f"ratio {result['ratio_to_reference']:.2f}",
             flush=True,

@@ -1,4 +1,4 @@
-"""End-to-end: scripts/quantize.py on digits (small VGG), every strategy at one budget."""
+"""End-to-end: scripts/quantize.py on digits (small VGG), every strategy at one budget, resumed."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ WIDTHS = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
 CONFIG = f"""
 import importlib.util
 
-import ml_collections
-
 spec = importlib.util.spec_from_file_location("base", {str(REPO / "configs" / "digits_smoke.py")!r})
 base = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(base)
@@ -29,7 +27,7 @@ spec.loader.exec_module(base)
 def get_config():
     config = base.get_config()
     config.model.widths = {WIDTHS!r}
-    config.quantize = ml_collections.ConfigDict(
+    config.quantize.update(
         {{
             "budgets": (4.0,),
             "finetune_epochs": 1,
@@ -62,7 +60,7 @@ def test_quantize_script_end_to_end(tmp_path):
         tmp_path,
         f"--config={config_path}",
         f"--workdir={workdir}",
-        f"--variables={tmp_path / 'variables'}",
+        f"--config.quantize.variables={tmp_path / 'variables'}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -83,6 +81,21 @@ def test_quantize_script_end_to_end(tmp_path):
         assert len(list(csv.DictReader(handle))) == 4
     for name in ("bits_per_layer_b4.png", "accuracy_vs_size_ptq.png", "accuracy_vs_size_qat.png"):
         assert (workdir / name).stat().st_size > 0
+
+    # A rerun finds every allocation finished: same results, no fine-tuning started again.
+    finetune_dirs = sorted(p.name for p in (workdir / "finetune").iterdir())
+    again = run_script(
+        tmp_path,
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        f"--config.quantize.variables={tmp_path / 'variables'}",
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((workdir / "results.json").read_text())
+    assert [r["qat_accuracy"] for r in rerun["runs"]] == [
+        r["qat_accuracy"] for r in results["runs"]
+    ]
+    assert sorted(p.name for p in (workdir / "finetune").iterdir()) == finetune_dirs
 
     bad = run_script(
         tmp_path,

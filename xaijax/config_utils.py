@@ -35,8 +35,20 @@ _DATASETS_WITH_FILES = ("fashion_mnist", "cifar10")
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """A config with every field at its default (the ``configs/`` files start from this)."""
+    """A config with every field at its default (the ``configs/`` files start from this).
+
+    Besides the training sections it holds the experiment sections ``prune``, ``share``,
+    ``quantize`` and ``compress`` (defaults from their modules), so that any of their fields can
+    be overridden from the command line (``--config.prune.conv_sparsity=0.6``).
+    """
+    from xaijax import pipeline  # Late import: the experiments import the training stack.
+    from xaijax.experiments import prune, quantize, share
+
     config = ml_collections.ConfigDict()
+    config.prune = prune.defaults()
+    config.share = share.defaults()
+    config.quantize = quantize.defaults()
+    config.compress = pipeline.defaults()
     config.data = ml_collections.ConfigDict(
         {
             "name": "fashion_mnist",

@@ -119,6 +119,22 @@ def evaluate_test(model: nn.Module, variables: Variables, splits: data.Splits, b
     return training.evaluate(model, splits.test, batch_size, variables=variables)
 
 
+def zero_mask(params: Any) -> Any:
+    """0/1 kernels marking the non-zero weights (None for other leaves), or None when no kernel has
+    an exact zero: fine-tuning with it keeps pruned weights pruned."""
+
+    def is_kernel(path: Any) -> bool:
+        return jax.tree_util.keystr(path).endswith("['kernel']")
+
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if not any(is_kernel(path) and np.any(np.asarray(leaf) == 0) for path, leaf in leaves):
+        return None
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: (np.asarray(leaf) != 0).astype(np.float32) if is_kernel(path) else None,
+        params,
+    )
+
+
 class Timer:
     """Wall time per named phase, accumulated over repeated phases."""
 

@@ -104,21 +104,6 @@ def validate(share: ml_collections.ConfigDict) -> None:
         raise ValueError("config.share.finetune_learning_rate must be > 0")
 
 
-def pruning_mask(params: Any) -> Any:
-    """0/1 kernels marking non-zero weights (None for other leaves), or None when no kernel has
-    an exact zero: pruned weights stay pruned and out of the clustering."""
-    kernels = weight_sharing.kernel_leaves(params)
-    if not any(np.any(np.asarray(kernel) == 0) for kernel in kernels.values()):
-        return None
-
-    def keep(path: Any, leaf: Any) -> Any:
-        if jax.tree_util.keystr(path).endswith("['kernel']"):
-            return (np.asarray(leaf) != 0).astype(np.float32)
-        return None
-
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
 def importance_scores(
     name: str,
     share: ml_collections.ConfigDict,
@@ -309,7 +294,7 @@ def run(
         )
     splits = training.datasets_from_config(config)
     model = model if model is not None else training.model_from_config(config)
-    mask = pruning_mask(variables["params"])
+    mask = common.zero_mask(variables["params"])
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
     rows = []
     for importance_name in share.importances:

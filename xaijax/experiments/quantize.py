@@ -1,0 +1,342 @@
+"""Mixed-precision quantization experiment: bit allocation strategies x budgets, PTQ and QAT.
+
+Settings are the ``config.quantize`` section (:func:`defaults`; the fine-tuning learning rate
+defaults to a tenth of ``config.optimizer.learning_rate``, cosine-decayed). For every budget
+(average bits per weight) and strategy it allocates bits per layer, evaluates post-training
+quantization (float weights), fine-tunes the quantized model (QAT; allocations that coincide share
+one fine-tuning), exports the integers plus scales with orbax and measures the files, and checks
+that the integer model scores as the fake-quantized one. Exact zeros in kernels (pruned weights)
+stay zero through fine-tuning.
+
+Each allocation's outcome is kept in ``workdir/runs/<allocation>.json`` (a rerun skips it) with its
+fine-tuning under ``workdir/finetune/<allocation>`` (resumable). Writes ``results.json``
+(atomically, after every run), ``results.csv``, ``results.md`` and the plots
+``bits_per_layer_b<budget>.png`` and ``accuracy_vs_size_{ptq,qat}.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from xaijax import checkpoint, data, importance, report, training
+from xaijax.experiments import common
+from xaijax.quantization import (
+    STRATEGIES,
+    SUPPORTED_BITS,
+    allocate_bits,
+    allocation_bits,
+    budget_in_bits,
+    deeplift_sensitivity,
+    dequantize,
+    directory_size,
+    export_integer_model,
+    hessian_sensitivity,
+    hutchinson_traces,
+    layer_importance,
+    layer_sizes,
+    model_size_bytes,
+    quantized_model,
+    save_integer_model,
+)
+
+SENSITIVITY_OF = {"deeplift_sensitivity": "deeplift_sensitivity", "hessian": "hessian_sensitivity"}
+SUMMARY_COLUMNS = ("strategy", "budget", "avg_bits", "ptq_accuracy", "qat_accuracy", "disk_bytes")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every ``config.quantize`` field and its default."""
+    return ml_collections.ConfigDict(
+        {
+            "variables": config_dict.placeholder(str),
+            "strategies": STRATEGIES,
+            "budgets": (3.0, 4.0, 6.0),
+            "bit_choices": SUPPORTED_BITS,
+            "activation_bits": config_dict.placeholder(int),
+            "finetune_epochs": 2,
+            "finetune_learning_rate": config_dict.placeholder(float),
+            "finetune_batch_size": 128,
+            "importance_examples": 1024,
+            "importance_batch_size": 256,
+            "importance_target": "label",
+            "importance_reference": "zeros",
+            "hessian_examples": 1024,
+            "hessian_samples": 16,
+            "pack_export": True,
+            "seed": 0,
+        }
+    )
+
+
+def validate(q: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first bad ``config.quantize`` field (before any work)."""
+    bad = sorted(set(q.strategies) - set(STRATEGIES))
+    if bad or not q.strategies:
+        raise ValueError(f"config.quantize.strategies must be some of {STRATEGIES}, got {bad}")
+    if not q.budgets:
+        raise ValueError("config.quantize.budgets is empty")
+    probe = {"layer": 1}
+    for budget in q.budgets:
+        budget_in_bits(float(budget), probe, tuple(q.bit_choices))  # raises on a bad budget
+    minimum = {"finetune_epochs": 0, "seed": 0}
+    for field in (
+        "finetune_epochs",
+        "seed",
+        "importance_examples",
+        "hessian_examples",
+        "importance_batch_size",
+        "hessian_samples",
+        "finetune_batch_size",
+    ):
+        low = minimum.get(field, 1)
+        if not isinstance(q[field], int) or isinstance(q[field], bool) or q[field] < low:
+            raise ValueError(
+                f"config.quantize.{field} must be an integer >= {low}, got {q[field]!r}"
+            )
+    if q.finetune_learning_rate is not None and not q.finetune_learning_rate > 0:
+        raise ValueError("config.quantize.finetune_learning_rate must be > 0")
+
+
+def sensitivities(
+    q: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    train_ds: data.Dataset,
+    names: list[str],
+) -> dict[str, Any]:
+    """DeepLIFT weight importance, layer importance, Hessian traces and both sensitivity tables."""
+    choices = tuple(q.bit_choices)
+    started = time.perf_counter()
+    scores = importance.score(
+        "deeplift",
+        model,
+        variables,
+        train_ds,
+        granularity="weight",
+        batch_size=q.importance_batch_size,
+        num_examples=min(q.importance_examples, train_ds.num_examples),
+        target=q.importance_target,
+        reference=q.importance_reference,
+        seed=q.seed,
+    )
+    deeplift_seconds = time.perf_counter() - started
+
+    count = min(q.hessian_examples, train_ds.num_examples)
+    images, labels = jnp.asarray(train_ds.images[:count]), jnp.asarray(train_ds.labels[:count])
+    others = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss_fn(params):
+        logits = model.apply({"params": params, **others}, images, train=False)
+        return jnp.mean(training.cross_entropy(logits, labels))
+
+    started = time.perf_counter()
+    traces = hutchinson_traces(
+        loss_fn, variables["params"], names, jax.random.key(q.seed), q.hessian_samples
+    )
+    hessian_seconds = time.perf_counter() - started
+    return {
+        "layer_importance": layer_importance(scores),
+        "hessian_traces": traces,
+        "deeplift_sensitivity": deeplift_sensitivity(variables["params"], scores, choices),
+        "hessian_sensitivity": hessian_sensitivity(variables["params"], traces, choices),
+        "seconds": {"deeplift": deeplift_seconds, "hessian": hessian_seconds},
+    }
+
+
+def allocation_key(bits: dict[str, int], activation_bits: int | None) -> str:
+    key = "w" + "-".join(str(b) for b in bits.values())
+    return key if activation_bits is None else f"{key}_a{activation_bits}"
+
+
+def run_one(
+    config: ml_collections.ConfigDict,
+    q: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    splits: data.Splits,
+    bits: dict[str, int],
+    workdir: Path,
+) -> dict[str, Any]:
+    """PTQ, QAT, export and the integer-model check for one allocation (kept in
+    ``workdir/runs/<allocation>.json``; a finished allocation is read back, not recomputed)."""
+    key = allocation_key(bits, q.activation_bits)
+    done = workdir / "runs" / f"{key}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    timer = common.Timer()
+    qmodel = quantized_model(model, bits, activation_bits=q.activation_bits)
+    eval_batch = config.train.eval_batch_size
+    with timer.phase("ptq"):
+        ptq = common.evaluate_test(qmodel, variables, splits, eval_batch)
+    with timer.phase("qat"):
+        tuned = common.finetune(
+            config,
+            qmodel,
+            splits,
+            variables,
+            workdir=workdir / "finetune" / key,
+            epochs=q.finetune_epochs,
+            learning_rate=q.finetune_learning_rate or float(config.optimizer.learning_rate) / 10,
+            batch_size=q.finetune_batch_size,
+            schedule="cosine",
+            mask=common.zero_mask(variables["params"]),
+        )
+        qat = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+    with timer.phase("export"):
+        exported = export_integer_model(tuned, bits, pack=q.pack_export)
+        disk_bytes = save_integer_model(workdir / "export" / key, exported)
+        integer = common.evaluate_test(model, dequantize(exported), splits, eval_batch)
+    result = {
+        "ptq_accuracy": ptq["accuracy"],
+        "ptq_loss": ptq["loss"],
+        "qat_accuracy": qat["accuracy"],
+        "qat_loss": qat["loss"],
+        "integer_accuracy": integer["accuracy"],
+        "disk_bytes": disk_bytes,
+        "seconds": timer.seconds,
+        "allocation": key,
+    }
+    checkpoint.write_json_atomic(done, result)
+    return result
+
+
+def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
+    checkpoint.write_json_atomic(workdir / "results.json", results)
+    runs = results["runs"]
+    if not runs:
+        return
+    names = list(results["layer_sizes"])
+    rows = [
+        {
+            "strategy": r["strategy"],
+            "budget": r["budget"],
+            "avg_bits": r["avg_bits"],
+            **{f"bits_{n}": r["bits"][n] for n in names},
+            "total_kb": r["size"]["total"] / 1024,
+            "disk_kb": r["disk_bytes"] / 1024,
+            "ptq_acc": r["ptq_accuracy"],
+            "qat_acc": r["qat_accuracy"],
+            "int_acc": r["integer_accuracy"],
+        }
+        for r in runs
+    ]
+    report.write_csv_atomic(workdir / "results.csv", rows)
+    float_row = results["float"]
+    header = (
+        f"Float model: accuracy {float_row['accuracy']:.4f}, "
+        f"{float_row['bytes'] / 1024:.1f} KiB, {float_row['disk_bytes'] / 1024:.1f} KiB on disk\n\n"
+    )
+    report.write_text_atomic(workdir / "results.md", header + report.markdown_table(rows))
+    for budget in sorted({r["budget"] for r in runs}):
+        groups = {r["strategy"]: r["bits"] for r in runs if r["budget"] == budget}
+        report.grouped_bar_plot(
+            workdir / f"bits_per_layer_b{budget:g}.png",
+            groups,
+            ylabel="weight bits",
+            title=f"Bits per layer at {budget:g} average bits",
+        )
+    for phase in ("ptq", "qat"):
+        series = {}
+        for strategy in dict.fromkeys(r["strategy"] for r in runs):
+            mine = [r for r in runs if r["strategy"] == strategy]
+            series[strategy] = (
+                [r["size"]["total"] / 1024 for r in mine],
+                [r[f"{phase}_accuracy"] for r in mine],
+            )
+        report.line_plot(
+            workdir / f"accuracy_vs_size_{phase}.png",
+            series,
+            xlabel="model size (KiB: packed kernels + float32 scales and biases)",
+            ylabel=f"test accuracy ({phase.upper()})",
+            title=f"Accuracy vs size ({phase.upper()}); float: {float_row['accuracy']:.4f}",
+        )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    variables: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every strategy at every budget; returns the results (also in ``results.json``).
+
+    Starts from ``model`` / ``variables`` when given (e.g. a pruned model), else from
+    ``config.quantize.variables``, else from the baseline trained in ``<workdir>/float``.
+    """
+    q = common.section(config, "quantize", defaults(), validate)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if variables is None:
+        variables = (
+            common.load_variables(q.variables)
+            if q.variables is not None
+            else common.load_or_train(config, workdir / "float")
+        )
+    splits = training.datasets_from_config(config)
+    model = model if model is not None else training.model_from_config(config)
+    names = [spec.name for spec in model.layer_specs()]
+    sizes = layer_sizes(variables["params"], names)
+    float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)
+    checkpoint.save_variables(workdir / "export" / "float32", variables)
+    n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(variables["params"]))
+    logging.info("float model: test accuracy %.4f", float_eval["accuracy"])
+
+    tables = sensitivities(q, model, variables, splits.train, names)
+    results: dict[str, Any] = {
+        "float": {
+            "accuracy": float_eval["accuracy"],
+            "loss": float_eval["loss"],
+            "bytes": 4 * n_params,
+            "disk_bytes": directory_size(workdir / "export" / "float32"),
+        },
+        "layer_sizes": sizes,
+        **jax.tree.map(lambda x: x.tolist() if hasattr(x, "tolist") else x, tables),
+        "runs": [],
+        "quantize": q.to_dict(),
+    }
+    for budget in q.budgets:
+        for strategy in q.strategies:
+            bits = allocate_bits(
+                strategy,
+                sizes,
+                float(budget),
+                sensitivity=tables[SENSITIVITY_OF[strategy]]
+                if strategy in SENSITIVITY_OF
+                else None,
+                importance=tables["layer_importance"],
+                bit_choices=tuple(q.bit_choices),
+            )
+            outcome = run_one(config, q, model, variables, splits, bits, workdir)
+            run = {
+                "strategy": strategy,
+                "budget": float(budget),
+                "bits": bits,
+                "avg_bits": allocation_bits(bits, sizes) / sum(sizes.values()),
+                "size": model_size_bytes(variables["params"], bits),
+                **outcome,
+            }
+            results["runs"].append(run)
+            write_outputs(workdir, results)
+            logging.info(
+                "budget %g %s bits=%s PTQ %.4f QAT %.4f (%.1f KiB)",
+                budget,
+                strategy,
+                bits,
+                run["ptq_accuracy"],
+                run["qat_accuracy"],
+                run["size"]["total"] / 1024,
+            )
+    results["table"] = report.markdown_table(results["runs"], SUMMARY_COLUMNS)
+    return results
