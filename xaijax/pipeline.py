@@ -30,7 +30,7 @@ from typing import Any
 
 import ml_collections
 
-from xaijax import checkpoint, importance, models, pruning, report, training
+from xaijax import checkpoint, config_utils, importance, models, pruning, report, training
 from xaijax.experiments import common
 from xaijax.experiments import explain as explain_experiment
 from xaijax.experiments import prune as prune_experiment
@@ -100,6 +100,14 @@ def _with(config: ml_collections.ConfigDict, name: str, **fields: Any) -> ml_col
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """The whole pipeline (see the module docstring); returns the report's results."""
     section = common.section(config, "compress", defaults(), validate)
+    config_utils.validate_config(config)
+    experiments = {
+        "prune": prune_experiment,
+        "share": share_experiment,
+        "quantize": quantize_experiment,
+    }
+    for stage in section.stages:  # Every bad field fails here, before any work.
+        common.section(config, stage, experiments[stage].defaults(), experiments[stage].validate)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = training.datasets_from_config(config)
