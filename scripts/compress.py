@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import pipeline, report
+from xaijax import pipeline, report, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and report.")
@@ -28,8 +27,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = _CONFIG.value
-    if config.train.multihost:
-        jax.distributed.initialize()
+    training.initialize_distributed(config)
     workdir = Path(_WORKDIR.value)
     results = pipeline.run(config, workdir)
     print(report.markdown_table(results["summary"]["stages"]), flush=True)

@@ -23,9 +23,11 @@ Criteria (:data:`CRITERIA`, selected by name):
 * ``random``: i.i.d. uniform scores in ``[0, 1)`` from ``seed``.
 
 Data-driven criteria stream over the first ``num_examples`` examples in jit-compiled batches of
-``batch_size`` (the last batch is padded and its padding weighted 0), so memory is bounded by the
-batch. The score of a batch is the sum of its per-example scores; :func:`score` divides the running
-sum by the number of examples at the end. All scores are non-negative.
+``batch_size`` rounded up to a multiple of the device count (the last batch is padded and its
+padding weighted 0), so memory is bounded by the batch. Each batch is sharded over the devices
+(and processes) of a mesh; the score of a batch is the sum of its per-example scores, reduced
+across devices by XLA; :func:`score` divides the running sum by the number of examples at the
+end. All scores are non-negative.
 
 Targets: ``"label"`` (true class), ``"predicted"`` (argmax of the logits) or ``"all"`` (every class,
 vmapped; the per-example absolute scores are averaged over the classes). References (DeepLIFT only):
@@ -39,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -47,8 +49,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from xaijax import deeplift
+from xaijax import data as datasets
+from xaijax import deeplift, training
 
 Granularity = Literal["unit", "weight"]
 Scores = dict[str, Any]
@@ -562,6 +567,37 @@ def batch_sum_step(
     return _cached_batch_sum_step(criterion, model, granularity, target, rule, blur_sigma)
 
 
+def host_batches(
+    images: np.ndarray, labels: np.ndarray, count: int, batch_size: int, mesh: Mesh
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """This process's part of every global batch over the first ``count`` examples: images,
+    labels and 0/1 weights ``[B / P, ...]`` (padding weighted 0).
+
+    The global batch ``B`` is ``batch_size`` rounded up to a multiple of the mesh's devices (and
+    no larger than ``count`` rounded up); process ``p`` of ``P`` scores examples ``p::P``
+    (``data.shard_for_host``), and every process yields the same number of batches.
+    """
+    devices, processes = mesh.shape[training.DATA_AXIS], jax.process_count()
+    global_batch = min(-(-batch_size // devices), -(-count // devices)) * devices
+    local_batch = global_batch // processes
+    local = datasets.shard_for_host(
+        datasets.Dataset(images[:count], labels[:count]),
+        jax.process_index(),
+        processes,
+        drop_remainder=False,
+    )
+    num_batches = datasets.num_eval_batches(-(-count // processes), local_batch)
+    for start in range(0, num_batches * local_batch, local_batch):
+        stop = min(start + local_batch, local.num_examples)
+        real = max(stop - start, 0)
+        pad = local_batch - real
+        yield (
+            np.pad(local.images[start:stop], ((0, pad), (0, 0), (0, 0), (0, 0))),
+            np.pad(local.labels[start:stop], (0, pad)),
+            np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)]),
+        )
+
+
 def score(
     criterion: str,
     model: nn.Module,
@@ -577,8 +613,15 @@ def score(
     blur_sigma: float = 2.0,
     rule: str = "rescale",
     seed: int = 0,
+    mesh: Mesh | None = None,
 ) -> Scores:
     """Importance scores of every prunable layer of ``model`` (see the module docstring).
+
+    Data-parallel: each batch is sharded over the ``"data"`` axis of ``mesh`` (default: all
+    devices of all processes, ``training.make_mesh()``) and ``variables`` are replicated, so XLA
+    sums the per-device partial scores. In a multi-process run every process passes the same
+    ``data``, feeds only its share of each batch (examples ``p::P``) and gets the same global
+    scores.
 
     Args:
       criterion: a name in :data:`CRITERIA`.
@@ -596,6 +639,7 @@ def score(
       blur_sigma: Gaussian width (pixels) for ``"blur"``.
       rule: DeepLIFT nonlinearity rule passed to ``xaijax.deeplift``.
       seed: drives ``random`` and the choice of reference samples.
+      mesh: a ``jax.sharding.Mesh`` with a ``"data"`` axis (None: over all devices).
     """
     crit = get_criterion(criterion)
     reference = crit.default_reference if reference is None else reference
@@ -616,16 +660,18 @@ def score(
     if reference == "samples" and num_references > available:
         raise ValueError(f"num_references={num_references} exceeds the {available} examples given")
 
+    mesh = training.make_mesh() if mesh is None else mesh
+    if not isinstance(mesh, Mesh) or training.DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with a {training.DATA_AXIS!r} axis")
+
     shared = shared_references(reference, images, num_references, seed)
     step = batch_sum_step(criterion, model, granularity, target, rule, float(blur_sigma))
-    size = min(batch_size, count)
+    variables, shared = training.replicate((variables, shared), mesh)
+    batch_sharding = NamedSharding(mesh, P(training.DATA_AXIS))
     total = None
-    for start in range(0, count, size):
-        stop = min(start + size, count)
-        pad = size - (stop - start)
-        batch_images = np.pad(images[start:stop], ((0, pad), (0, 0), (0, 0), (0, 0)))
-        batch_labels = np.pad(labels[start:stop], (0, pad))
-        weights = np.concatenate([np.ones(stop - start, np.float32), np.zeros(pad, np.float32)])
-        batch_total = step(variables, batch_images, batch_labels, weights, shared)
+    for local in host_batches(images, labels, count, batch_size, mesh):
+        batch = [jax.make_array_from_process_local_data(batch_sharding, a) for a in local]
+        batch_total = step(variables, *batch, shared)
         total = batch_total if total is None else jax.tree.map(jnp.add, total, batch_total)
-    return jax.tree.map(lambda t: t / count, total)
+    # The sums are replicated on every device; hand back ordinary default-device arrays.
+    return jax.tree.map(lambda t: jnp.asarray(np.asarray(t)) / count, total)

@@ -721,6 +721,26 @@ def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
     )
 
 
+def initialize_distributed(
+    config: ml_collections.ConfigDict,
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Join the multi-process jax runtime if ``config.train.multihost``; idempotent, so a script
+    and :func:`train_and_evaluate` may both call it (``jax.distributed.initialize`` may run only
+    once per process). Arguments left None come from the environment (Cloud TPU VM, SLURM, Open
+    MPI, Kubernetes; ``JAX_COORDINATOR_ADDRESS``). Returns whether the runtime is initialized."""
+    if config.train.multihost and not jax.distributed.is_initialized():
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    return jax.distributed.is_initialized()
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str | Path
 ) -> tuple[TrainState, dict[str, Any]]:
@@ -731,8 +751,7 @@ def train_and_evaluate(
 
     config_utils.validate_config(config)
     started = time.perf_counter()
-    if config.train.multihost:
-        jax.distributed.initialize()
+    initialize_distributed(config)
     splits = datasets_from_config(config)
     model = model_from_config(config)
     mesh = make_mesh()
