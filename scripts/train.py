@@ -32,8 +32,8 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     workdir = Path(_WORKDIR.value)
     state, results = training.train_and_evaluate(_CONFIG.value, workdir)
+    checkpoint.save_variables(workdir / "variables", state.variables)  # every process joins
     if jax.process_index() == 0:
-        checkpoint.save_variables(workdir / "variables", jax.device_get(state.variables))
         checkpoint.write_json_atomic(workdir / "results.json", results)
     test = results["test"]
     print(

@@ -74,7 +74,9 @@ def restore_train_state(manager: ocp.CheckpointManager, state: Any, step: int | 
 
 def save_variables(path: str | os.PathLike, variables: Any) -> None:
     """Save a variables pytree (e.g. ``{'params': ..., 'batch_stats': ...}``) to ``path``,
-    replacing what is there; blocks until written."""
+    replacing what is there; blocks until written. Every process of a multi-process run must call
+    it (orbax coordinates the write); arrays are fetched to the host first."""
+    variables = jax.device_get(variables)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(Path(path).absolute(), variables, force=True)
     checkpointer.wait_until_finished()

@@ -41,6 +41,24 @@ def load_or_train(config: ml_collections.ConfigDict, trained_workdir: str | Path
     return load_variables(variables_dir)
 
 
+def starting_point(
+    config: ml_collections.ConfigDict,
+    model: nn.Module | None,
+    variables: Variables | None,
+    *,
+    saved: str | Path | None,
+    trained_workdir: str | Path,
+) -> tuple[nn.Module, Variables]:
+    """What an experiment starts from: ``model`` (default: the config's) and ``variables``, else
+    the variables saved at ``saved``, else the baseline in ``trained_workdir`` (trained if absent).
+    """
+    if variables is None:
+        variables = (
+            load_variables(saved) if saved is not None else load_or_train(config, trained_workdir)
+        )
+    return (model if model is not None else training.model_from_config(config)), variables
+
+
 def load_variables(path: str | Path) -> dict:
     """Variables saved with ``checkpoint.save_variables``, as host numpy arrays."""
     return jax.tree.map(np.asarray, checkpoint.load_variables(path))

@@ -164,14 +164,6 @@ def exclude_from(prune: ml_collections.ConfigDict, specs: Sequence[models.LayerS
     return () if prune.prune_classifier else pruning.default_exclude(specs)
 
 
-def trained_variables(
-    config: ml_collections.ConfigDict, prune: ml_collections.ConfigDict, workdir: Path
-) -> dict[str, Any]:
-    """The baseline of ``prune.trained_workdir`` (default ``<workdir>/trained``), trained there
-    first when absent."""
-    return common.load_or_train(config, prune.trained_workdir or workdir / "trained")
-
-
 def run(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -188,11 +180,15 @@ def run(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     timer = common.Timer()
-    if variables is None:
-        with timer.phase("load_or_train"):
-            variables = trained_variables(config, prune, workdir)
+    with timer.phase("load_or_train"):
+        model, variables = common.starting_point(
+            config,
+            model,
+            variables,
+            saved=None,
+            trained_workdir=prune.trained_workdir or workdir / "trained",
+        )
     splits = training.datasets_from_config(config)
-    model = model if model is not None else training.model_from_config(config)
     specs = model.layer_specs()
     input_shape = splits.train.images.shape[1:]
     eval_batch = config.train.eval_batch_size
@@ -430,10 +426,14 @@ def _sweep_rows(
     variables: Mapping[str, Any] | None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the row of each point of ``todo`` as it finishes."""
-    if variables is None:
-        variables = trained_variables(config, prune, workdir)
+    model, variables = common.starting_point(
+        config,
+        model,
+        variables,
+        saved=None,
+        trained_workdir=prune.trained_workdir or workdir / "trained",
+    )
     splits = training.datasets_from_config(config)
-    model = model if model is not None else training.model_from_config(config)
     specs = model.layer_specs()
     input_shape = splits.train.images.shape[1:]
 

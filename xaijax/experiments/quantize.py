@@ -278,14 +278,10 @@ def run(
     q = common.section(config, "quantize", defaults(), validate)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if variables is None:
-        variables = (
-            common.load_variables(q.variables)
-            if q.variables is not None
-            else common.load_or_train(config, workdir / "float")
-        )
+    model, variables = common.starting_point(
+        config, model, variables, saved=q.variables, trained_workdir=workdir / "float"
+    )
     splits = training.datasets_from_config(config)
-    model = model if model is not None else training.model_from_config(config)
     names = [spec.name for spec in model.layer_specs()]
     sizes = layer_sizes(variables["params"], names)
     float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)

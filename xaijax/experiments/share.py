@@ -286,14 +286,14 @@ def run(
     share = common.section(config, "share", defaults(), validate)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if variables is None:
-        variables = (
-            common.load_variables(share.variables_dir)
-            if share.variables_dir is not None
-            else common.load_or_train(config, share.trained_workdir or workdir / "trained")
-        )
+    model, variables = common.starting_point(
+        config,
+        model,
+        variables,
+        saved=share.variables_dir,
+        trained_workdir=share.trained_workdir or workdir / "trained",
+    )
     splits = training.datasets_from_config(config)
-    model = model if model is not None else training.model_from_config(config)
     mask = common.zero_mask(variables["params"])
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
     rows = []
