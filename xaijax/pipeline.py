@@ -152,7 +152,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
                 workdir / "prune",
                 criterion,
                 lambda d, c=criterion: prune_experiment.run(
-                    _with(config, "prune", criterion=c), d, model=model, variables=variables
+                    _with(config, "prune", criterion=c),
+                    d,
+                    model=model,
+                    variables=variables,
+                    splits=splits,
                 ),
             )
         carry_dir = workdir / "prune" / section.carry
@@ -161,14 +165,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         results["share"] = run_stage(
             workdir,
             "share",
-            lambda d: share_experiment.run(config, d, model=carry_model, variables=carry_variables),
+            lambda d: share_experiment.run(
+                config, d, model=carry_model, variables=carry_variables, splits=splits
+            ),
         )
     if "quantize" in section.stages:
         results["quantize"] = run_stage(
             workdir,
             "quantize",
             lambda d: quantize_experiment.run(
-                config, d, model=carry_model, variables=carry_variables
+                config, d, model=carry_model, variables=carry_variables, splits=splits
             ),
         )
     summary = write_report(workdir, results, section)

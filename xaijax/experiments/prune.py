@@ -170,10 +170,12 @@ def run(
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
+    splits: data.Splits | None = None,
 ) -> dict[str, Any]:
     """The whole pruning experiment; returns the results dict (also written to results.json).
 
-    Starts from ``model`` / ``variables`` when given, else from the baseline trained (if absent)
+    ``splits`` (default: loaded from the config) are the datasets. Starts from ``model`` /
+    ``variables`` when given, else from the baseline trained (if absent)
     in ``config.prune.trained_workdir`` (default ``<workdir>/trained``).
     """
     prune = common.section(config, "prune", defaults(), validate)
@@ -188,7 +190,7 @@ def run(
             saved=None,
             trained_workdir=prune.trained_workdir or workdir / "trained",
         )
-    splits = training.datasets_from_config(config)
+    splits = splits if splits is not None else training.datasets_from_config(config)
     specs = model.layer_specs()
     input_shape = splits.train.images.shape[1:]
     eval_batch = config.train.eval_batch_size

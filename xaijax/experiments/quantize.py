@@ -269,10 +269,12 @@ def run(
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
+    splits: data.Splits | None = None,
 ) -> dict[str, Any]:
     """Every strategy at every budget; returns the results (also in ``results.json``).
 
-    Starts from ``model`` / ``variables`` when given (e.g. a pruned model), else from
+    ``splits`` (default: loaded from the config) are the datasets. Starts from ``model`` /
+    ``variables`` when given (e.g. a pruned model), else from
     ``config.quantize.variables``, else from the baseline trained in ``<workdir>/float``.
     """
     q = common.section(config, "quantize", defaults(), validate)
@@ -281,7 +283,7 @@ def run(
     model, variables = common.starting_point(
         config, model, variables, saved=q.variables, trained_workdir=workdir / "float"
     )
-    splits = training.datasets_from_config(config)
+    splits = splits if splits is not None else training.datasets_from_config(config)
     names = [spec.name for spec in model.layer_specs()]
     sizes = layer_sizes(variables["params"], names)
     float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)

@@ -277,10 +277,12 @@ def run(
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
+    splits: data.Splits | None = None,
 ) -> dict[str, Any]:
     """The whole sweep; returns the results dict (also written to ``results.json``).
 
-    Starts from ``model`` / ``variables`` when given (e.g. a pruned model), else from
+    ``splits`` (default: loaded from the config) are the datasets. Starts from ``model`` /
+    ``variables`` when given (e.g. a pruned model), else from
     ``config.share.variables_dir``, else from the baseline trained in ``trained_workdir``.
     """
     share = common.section(config, "share", defaults(), validate)
@@ -293,7 +295,7 @@ def run(
         saved=share.variables_dir,
         trained_workdir=share.trained_workdir or workdir / "trained",
     )
-    splits = training.datasets_from_config(config)
+    splits = splits if splits is not None else training.datasets_from_config(config)
     mask = common.zero_mask(variables["params"])
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
     rows = []
