@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -31,34 +32,49 @@ PYTORCH_REFERENCE = {"lenet5": 12_500.0, "vgg_small": 1_100.0}
 DEFAULT_STEPS = {"lenet5": 200, "vgg_small": 40}
 
 
-def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, repeats: int):
+def staged_train_pass(
+    name: str, ds: data.Dataset, *, batch_size: int, steps: int
+) -> Callable[[], tuple[float, float]]:
+    """A callable running ``steps`` xaijax train steps (``training.train_step_staged``, as in
+    ``training.fit``) on ``name``; each call returns (seconds, final loss). Not yet warmed up."""
     model = models.get_model(name)
     mesh = training.make_mesh()
     state = training.create_train_state(model, optax.adam(1e-3), 0, (1, *ds.images.shape[1:]))
-    state = training.replicate(state, mesh, copy=True)
-    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)
-
-    started = time.perf_counter()
+    holder = [training.replicate(state, mesh, copy=True)]
+    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)[:steps]
     images, labels = training.shard_batches(mesh, ds.images[indices], ds.labels[indices])
     jax.block_until_ready((images, labels))
-    stage_seconds = time.perf_counter() - started
 
-    def run(state):
+    def run() -> tuple[float, float]:
+        started = time.perf_counter()
+        state = holder[0]
         for i in range(steps):
             state, metrics = training.train_step_staged(
                 state, images, labels, np.int32(i), None, None
             )
         jax.block_until_ready((state, metrics))
-        return state, float(metrics["loss"])
+        holder[0] = state
+        return time.perf_counter() - started, float(metrics["loss"])
+
+    return run
+
+
+def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, repeats: int):
+    mesh = training.make_mesh()
+    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)
+    started = time.perf_counter()
+    jax.block_until_ready(training.shard_batches(mesh, ds.images[indices], ds.labels[indices]))
+    stage_seconds = time.perf_counter() - started
+    run = staged_train_pass(name, ds, batch_size=batch_size, steps=steps)
 
     started = time.perf_counter()
-    state, _ = run(state)  # Warm-up: compilation plus one pass.
+    run()  # Warm-up: compilation plus one pass.
     warmup_seconds = time.perf_counter() - started
     rates, cpu_rates = [], []
     for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        state, loss = run(state)
-        rates.append(steps * batch_size / (time.perf_counter() - started))
+        cpu_started = time.process_time()
+        seconds, loss = run()
+        rates.append(steps * batch_size / seconds)
         cpu_rates.append(steps * batch_size / (time.process_time() - cpu_started))
     median = statistics.median(rates)
     epoch_steps = indices.shape[0]
