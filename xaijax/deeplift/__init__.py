@@ -13,6 +13,10 @@ DeepLIFT (Shrikumar et al., ICML 2017) explains ``t(x) - t(x_ref)`` for a scalar
       dy+ = (f(z0 + dz+) - f(z0)) / 2 + (f(z0 + dz+ + dz-) - f(z0 + dz-)) / 2,   m+ = dy+ / dz+
       dy- = (f(z0 + dz-) - f(z0)) / 2 + (f(z0 + dz+ + dz-) - f(z0 + dz+)) / 2,   m- = dy- / dz-
 
+  Going back, an input ``a`` of a linear operation passes ``w * m+`` through its positive terms
+  and ``w * m-`` through its negative ones; where ``da`` is exactly 0 it passes
+  ``w * (m+ + m-) / 2``, as the reference implementation (kundajelab/deeplift) does.
+
 * Max pooling (windowed or a ``max`` over axes) uses the cross-max rule: in each window the
   position ``c`` holding ``max(y, y_ref)`` (the first maximum of ``max(x, x_ref)``) receives the
   whole delta with multiplier ``(y - y_ref) / (x_c - x_ref_c)``, which lies in ``[0, 1]``.

@@ -173,8 +173,16 @@ def _cross_max(eqn: _Eqn, x: Array, x_ref: Array, pooled_ref: Array) -> Array:
 
 
 def _split_sign(delta: Array) -> tuple[Array, Array]:
-    zero = jnp.zeros_like(delta)
-    return jnp.where(delta > 0, delta, zero), jnp.where(delta < 0, delta, zero)
+    """RevealCancel parts of a source's delta: ``(delta if delta > 0, delta if delta < 0)``.
+
+    Their derivatives with respect to ``delta`` route multipliers back: 1 to the part that holds
+    the delta, and 1/2 to each part where ``delta == 0``, so a zero-delta input of a linear op
+    takes ``(m+ + m-) / 2`` times its weights, as in the reference implementation (the parts'
+    values stay 0 there).
+    """
+    zero, half = jnp.zeros_like(delta), 0.5 * delta
+    at_zero = jnp.where(delta == 0, half, zero)
+    return jnp.where(delta > 0, delta, at_zero), jnp.where(delta < 0, delta, at_zero)
 
 
 def _secant(dy: Array, dx: Array, derivative: Array) -> Array:

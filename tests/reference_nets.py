@@ -1,0 +1,132 @@
+"""Small Flax networks with numpy-drawn weights, and the same networks as ``deeplift_oracle``
+layer lists, shared by the tests that compare xaijax with the numpy oracle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import deeplift_oracle as oracle
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xaijax.models import LayerSpec
+
+ACTIVATION_FNS = {"relu": nn.relu, "tanh": jnp.tanh}
+
+
+def _chain_specs(names: tuple[str, ...], kinds: tuple[str, ...]) -> tuple[LayerSpec, ...]:
+    """Layer specs of a plain chain whose last layer is the classifier."""
+    return tuple(
+        LayerSpec(
+            name=name,
+            kind=kind,
+            bn=None,
+            consumers=names[i + 1 : i + 2],
+            tied_group=None,
+            is_classifier=i == len(names) - 1,
+        )
+        for i, (name, kind) in enumerate(zip(names, kinds, strict=True))
+    )
+
+
+class MLP(nn.Module):
+    """``dense0 -> f -> dense1 -> f -> ... -> dense{L-1}`` (logits); ``features`` per layer."""
+
+    features: tuple[int, ...]
+    activation: str = "relu"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"dense{i}" for i in range(len(self.features)))
+
+    def layer_specs(self) -> tuple[LayerSpec, ...]:
+        return _chain_specs(self.names, ("dense",) * len(self.names))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        for i, (name, width) in enumerate(zip(self.names, self.features, strict=True)):
+            x = nn.Dense(width, name=name)(x)
+            if i < len(self.features) - 1:
+                x = ACTIVATION_FNS[self.activation](x)
+        return x
+
+    def oracle_layers(self, params: Any) -> list[oracle.Layer]:
+        layers: list[oracle.Layer] = []
+        for name in self.names:
+            layers += [_dense(params[name]), oracle.Activation(self.activation)]
+        return layers[:-1]
+
+
+class SmallCNN(nn.Module):
+    """conv1 3x3 SAME -> relu -> [max pool 2x2] -> conv2 3x3 VALID -> relu -> flatten -> fc1 ->
+    relu -> fc2 (logits)."""
+
+    pool: bool = True
+    widths: tuple[int, int, int] = (4, 5, 6)
+    num_classes: int = 3
+
+    names = ("conv1", "conv2", "fc1", "fc2")
+
+    def layer_specs(self) -> tuple[LayerSpec, ...]:
+        return _chain_specs(self.names, ("conv", "conv", "dense", "dense"))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train
+        x = nn.relu(nn.Conv(self.widths[0], (3, 3), padding="SAME", name="conv1")(x))
+        if self.pool:
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(self.widths[1], (3, 3), padding="VALID", name="conv2")(x))
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.widths[2], name="fc1")(x))
+        return nn.Dense(self.num_classes, name="fc2")(x)
+
+    def oracle_layers(self, params: Any) -> list[oracle.Layer]:
+        relu = oracle.Activation("relu")
+        pool = [oracle.MaxPool(2)] if self.pool else []
+        return [
+            _conv(params["conv1"], "SAME"),
+            relu,
+            *pool,
+            _conv(params["conv2"], "VALID"),
+            relu,
+            oracle.Flatten(),
+            _dense(params["fc1"]),
+            relu,
+            _dense(params["fc2"]),
+        ]
+
+
+def _dense(p: Any) -> oracle.Dense:
+    return oracle.Dense(np.asarray(p["kernel"], np.float64), np.asarray(p["bias"], np.float64))
+
+
+def _conv(p: Any, padding: str) -> oracle.Conv:
+    kernel, bias = np.asarray(p["kernel"], np.float64), np.asarray(p["bias"], np.float64)
+    return oracle.Conv(kernel, bias, padding)
+
+
+def draw_variables(
+    model: nn.Module, input_shape: tuple[int, ...], seed: int, bias_scale: float = 0.5
+) -> dict[str, Any]:
+    """``{"params": ...}`` for inputs ``[B, *input_shape]``: kernels ~ N(0, 1 / fan_in), biases
+    ~ N(0, bias_scale^2), float32 (numpy draws, no XLA compilation). Non-zero biases make the
+    reference activations non-trivial, so DeepLIFT differs from gradient x input."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *input_shape)))
+    generator = np.random.default_rng(seed)
+
+    def draw(path: Any, spec: jax.ShapeDtypeStruct) -> jax.Array:
+        noise = generator.standard_normal(spec.shape)
+        if jax.tree_util.keystr(path).endswith("['kernel']"):
+            return jnp.asarray(noise / np.sqrt(np.prod(spec.shape[:-1])), jnp.float32)
+        return jnp.asarray(bias_scale * noise, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The cotangent that selects each example's target logit."""
+    return np.eye(num_classes)[np.asarray(labels)]
