@@ -3,7 +3,10 @@
     python scripts/train.py --config configs/lenet5_fmnist.py --workdir runs/lenet5 \
         [--config.train.epochs=2 ...]
 
-Rerunning the same command in the same workdir resumes from the latest checkpoint. Writes
+Rerunning the same command in the same workdir resumes from the latest checkpoint, or reuses the
+finished model, as long as every field that determines the training is unchanged; otherwise the
+workdir is cleared and the model retrained (``--config.resume=strict`` refuses instead, naming the
+changed fields; see ``xaijax.provenance``). Writes
 ``metrics.jsonl``, TensorBoard events, ``checkpoints/``, the final model variables
 (``variables/``, for later stages: ``xaijax.checkpoint.load_variables``) and ``results.json``
 (test accuracy and loss, parameters, FLOPs, epochs, wall time, config).
@@ -11,6 +14,7 @@ Rerunning the same command in the same workdir resumes from the latest checkpoin
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import checkpoint, training
+from xaijax.experiments import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -31,10 +35,10 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
     workdir = Path(_WORKDIR.value)
-    state, results = training.train_and_evaluate(_CONFIG.value, workdir)
-    checkpoint.save_variables(workdir / "variables", state.variables)  # every process joins
-    if jax.process_index() == 0:
-        checkpoint.write_json_atomic(workdir / "results.json", results)
+    common.load_or_train(_CONFIG.value, workdir)
+    if jax.process_index() != 0:
+        return  # Process 0 wrote the results.
+    results = json.loads((workdir / "results.json").read_text())
     test = results["test"]
     print(
         f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) after "

@@ -538,7 +538,8 @@ def test_sweep_rows_plots_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "evaluate_test", must_not_run)
     monkeypatch.setattr(common, "load_or_train", must_not_run)
     written = csv_path.stat().st_mtime_ns
-    assert prune_experiment.sweep(config, tmp_path, **kwargs) == rows
+    same_start = {"model": model, "variables": variables}
+    assert prune_experiment.sweep(config, tmp_path, **same_start, **kwargs) == rows
     assert csv_path.stat().st_mtime_ns == written
 
     with pytest.raises(ValueError, match="sparsities"):

@@ -85,19 +85,19 @@ def test_quantize_script_end_to_end(tmp_path):
         assert (workdir / name).stat().st_size > 0
 
     # A rerun (in-process) finds every allocation finished: same results, nothing recomputed.
-    finetune_dirs = sorted(p.name for p in (workdir / "finetune").iterdir())
-    run_files = {p: p.stat().st_mtime_ns for p in (workdir / "runs").iterdir()}
+    allocations = sorted(p.name for p in (workdir / "allocations").iterdir())
+    run_files = {p: p.stat().st_mtime_ns for p in (workdir / "allocations").rglob("*.json")}
     spec = importlib.util.spec_from_file_location("quantize_config", config_path)
     config_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_module)
     config = config_module.get_config()
     config.quantize.variables = str(tmp_path / "variables")
     rerun = quantize.run(config, workdir)
-    assert {p: p.stat().st_mtime_ns for p in (workdir / "runs").iterdir()} == run_files
+    assert {p: p.stat().st_mtime_ns for p in (workdir / "allocations").rglob("*.json")} == run_files
     assert [r["qat_accuracy"] for r in rerun["runs"]] == [
         r["qat_accuracy"] for r in results["runs"]
     ]
-    assert sorted(p.name for p in (workdir / "finetune").iterdir()) == finetune_dirs
+    assert sorted(p.name for p in (workdir / "allocations").iterdir()) == allocations
 
     bad = run_script(
         tmp_path,

@@ -13,6 +13,9 @@ four sections; :func:`base_config` builds one with every field and its default:
 * ``train``: ``epochs``, ``batch_size`` (global), ``eval_batch_size``, ``seed``,
   ``log_every_steps``, ``checkpoint_every_steps`` (0: only at epoch ends), ``keep_checkpoints``,
   ``eval_every_epochs``, ``multihost`` (call ``jax.distributed.initialize()``).
+* ``resume``: what a rerun in the same workdir does with a cached result whose inputs differ
+  from the config's (``xaijax.provenance``): ``recompute`` it and everything after it (logged
+  and reported), or refuse (``strict``) with an error naming the changed fields.
 
 :func:`validate_config` checks all of it before any work and raises ``ValueError`` naming the
 offending field.
@@ -27,6 +30,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from xaijax import data
+from xaijax.provenance import POLICIES as RESUME_POLICIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -45,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     from xaijax.experiments import prune, quantize, share
 
     config = ml_collections.ConfigDict()
+    config.resume = "recompute"
     config.prune = prune.defaults()
     config.share = share.defaults()
     config.quantize = quantize.defaults()
@@ -222,6 +227,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     _require_int(config, "train.keep_checkpoints", 1)
     _require_int(config, "train.eval_every_epochs", 1)
     _get(config, "train.multihost")
+    _require_choice(config, "resume", RESUME_POLICIES)
     return config
 
 

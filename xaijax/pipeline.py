@@ -15,8 +15,13 @@
 6. ``report``: ``report.md``, ``results.json`` and figures in ``workdir``.
 
 Each stage lives in ``workdir/<stage>`` and is finished when its ``stage.json`` exists (written
-atomically, last); a rerun of the same command skips finished stages and resumes unfinished
-ones from their own checkpoints and per-run result files, so nothing finished is recomputed.
+atomically, last). ``stage.json`` records the stage's fingerprint (``xaijax.provenance``): the
+config fields the stage reads and the digest of the variables it starts from, which chains it to
+the stage before. A rerun skips a finished stage whose fingerprint is unchanged, resumes
+unfinished ones from their own checkpoints and per-run result files, and recomputes a stage whose
+inputs changed (so everything after a changed stage is recomputed too, unless its starting
+variables come out bit-identical), or refuses with ``config.resume='strict'``. The report lists
+each stage as reused, computed or recomputed, with the changed fields.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from typing import Any
 
 import ml_collections
 
-from xaijax import checkpoint, config_utils, importance, models, pruning, report, training
+from xaijax import (
+    checkpoint,
+    config_utils,
+    importance,
+    models,
+    provenance,
+    pruning,
+    report,
+    training,
+)
 from xaijax.experiments import common
 from xaijax.experiments import explain as explain_experiment
 from xaijax.experiments import prune as prune_experiment
@@ -73,18 +87,37 @@ def validate(section: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.compress.{field} must be an integer >= 1, got {value!r}")
 
 
-def run_stage(workdir: Path, name: str, compute: Callable[[Path], dict[str, Any]]) -> dict:
-    """``compute(workdir/name)`` unless the stage already finished; its results either way."""
+def run_stage(
+    workdir: Path,
+    name: str,
+    fp: provenance.Fingerprint,
+    compute: Callable[[Path], dict[str, Any]],
+    *,
+    policy: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``compute(workdir/name)`` unless the stage already finished with fingerprint ``fp``.
+
+    Returns the stage's results and its provenance (``status``: reused, computed or
+    recomputed; ``fingerprint``; ``changed`` fields).
+    """
     stage_dir = workdir / name
     done = stage_dir / "stage.json"
-    if done.exists():
+    record = json.loads(done.read_text()) if done.exists() else None
+    recorded = None if record is None else dict(record.get("inputs") or {})
+    found = provenance.reconcile(recorded, fp, what=f"stage {name} in {workdir}", policy=policy)
+    entry = {"fingerprint": fp.digest, "changed": list(found.changed)}
+    if found.status == "resumed":
         logging.info("stage %s: already finished", name)
-        return json.loads(done.read_text())
+        return record["results"], {**entry, "status": "reused"}
     logging.info("stage %s: running", name)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    done.unlink(missing_ok=True)
     results = compute(stage_dir)
-    checkpoint.write_json_atomic(done, results)
-    return json.loads(done.read_text())
+    checkpoint.write_json_atomic(
+        done, {"digest": fp.digest, "inputs": dict(fp.inputs), "results": results}
+    )
+    status = "recomputed" if found.status == "recomputed" else "computed"
+    return json.loads(done.read_text())["results"], {**entry, "status": status}
 
 
 def _with(config: ml_collections.ConfigDict, name: str, **fields: Any) -> ml_collections.ConfigDict:
@@ -127,8 +160,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             "size_bits": pruning.storage_bits(variables["params"]),
         }
 
+    policy = common.resume_policy(config)
+    stages: dict[str, dict[str, Any]] = {}
+
+    def stage(path: str, fp: provenance.Fingerprint, compute: Callable[[Path], dict]) -> dict:
+        results, stages[path] = run_stage(workdir, path, fp, compute, policy=policy)
+        return results
+
+    def stage_fingerprint(
+        name: str, stage_model: Any, start: Any, **fields: Any
+    ) -> provenance.Fingerprint:
+        return provenance.fingerprint(
+            unit=name,
+            model=provenance.model_identity(stage_model),
+            start=provenance.variables_digest(start),
+            data=config.data,
+            optimizer=config.optimizer,
+            train=common.plain(config.train, common.NON_RESULT_TRAIN_FIELDS),
+            **fields,
+        )
+
     results: dict[str, Any] = {"model": config.model.name, "dataset": config.data.name}
-    results["baseline"] = run_stage(workdir, "baseline", baseline)
+    results["baseline"] = stage("baseline", common.baseline_fingerprint(config), baseline)
     variables = common.load_variables(workdir / "baseline" / "variables")
 
     def explain(stage_dir: Path) -> dict[str, Any]:
@@ -142,41 +195,56 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             num_examples=section.importance_examples,
         )
 
-    results["explain"] = run_stage(workdir, "explain", explain)
+    results["explain"] = stage(
+        "explain",
+        stage_fingerprint(
+            "explain",
+            model,
+            variables,
+            criteria=section.criteria,
+            explain_examples=section.explain_examples,
+            importance_examples=section.importance_examples,
+        ),
+        explain,
+    )
 
     carry_model, carry_variables = model, variables
     if "prune" in section.stages:
         results["prune"] = {}
+        start = provenance.variables_digest(variables)
         for criterion in section.criteria:
-            results["prune"][criterion] = run_stage(
-                workdir / "prune",
-                criterion,
-                lambda d, c=criterion: prune_experiment.run(
-                    _with(config, "prune", criterion=c),
-                    d,
-                    model=model,
-                    variables=variables,
-                    splits=splits,
+            criterion_config = _with(config, "prune", criterion=criterion)
+            prune_section = common.section(
+                criterion_config, "prune", prune_experiment.defaults(), prune_experiment.validate
+            )
+            results["prune"][criterion] = stage(
+                f"prune/{criterion}",
+                prune_experiment.prune_fingerprint(criterion_config, prune_section, model, start),
+                lambda d, c=criterion_config: prune_experiment.run(
+                    c, d, model=model, variables=variables, splits=splits
                 ),
             )
         carry_dir = workdir / "prune" / section.carry
         carry_model, carry_variables = prune_experiment.load_result(model, carry_dir)
     if "share" in section.stages:
-        results["share"] = run_stage(
-            workdir,
+        share_fields = common.plain(config.share, share_experiment.STARTING_POINT_FIELDS)
+        results["share"] = stage(
             "share",
+            stage_fingerprint("share", carry_model, carry_variables, share=share_fields),
             lambda d: share_experiment.run(
                 config, d, model=carry_model, variables=carry_variables, splits=splits
             ),
         )
     if "quantize" in section.stages:
-        results["quantize"] = run_stage(
-            workdir,
+        quantize_fields = common.plain(config.quantize, ("variables",))
+        results["quantize"] = stage(
             "quantize",
+            stage_fingerprint("quantize", carry_model, carry_variables, quantize=quantize_fields),
             lambda d: quantize_experiment.run(
                 config, d, model=carry_model, variables=carry_variables, splits=splits
             ),
         )
+    results["provenance"] = stages
     summary = write_report(workdir, results, section)
     checkpoint.write_json_atomic(workdir / "results.json", {**results, "summary": summary})
     return {**results, "summary": summary}
@@ -301,6 +369,19 @@ def accuracy_vs_compression(tables: Mapping[str, list[dict[str, Any]]]) -> dict[
     return series
 
 
+def provenance_rows(stages: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per stage: how this run got it and, when recomputed, the changed fields."""
+    return [
+        {
+            "stage": name,
+            "status": entry["status"],
+            "fingerprint": entry["fingerprint"],
+            "changed": ", ".join(entry["changed"]) or "-",
+        }
+        for name, entry in stages.items()
+    ]
+
+
 def write_report(
     workdir: Path, results: Mapping[str, Any], section: ml_collections.ConfigDict
 ) -> dict[str, Any]:
@@ -332,6 +413,12 @@ def write_report(
     for stage, rows in tables.items():
         lines += [f"### {stage}", "", report.markdown_table(rows)]
     lines += [
+        "## Provenance",
+        "",
+        "Each stage is tied to the fingerprint of its inputs (config fields and starting "
+        "variables); `recomputed` means a finished result of other inputs was replaced.",
+        "",
+        report.markdown_table(provenance_rows(results.get("provenance", {}))),
         "## Figures",
         "",
         f"![accuracy vs compression]({figures['accuracy_vs_compression']})",

@@ -5,6 +5,12 @@ An experiment (``prune``, ``share``, ``quantize``) is ``run(config, workdir, var
 it reads its own section ``config.<name>`` (defaults merged in by :func:`section`), starts from
 ``variables`` or the baseline trained by :func:`load_or_train`, and keeps each unit of work in
 its own folder of ``workdir`` so a rerun resumes where it stopped.
+
+Every cached unit (the baseline, each fine-tuning run, each result row) is tied to the fingerprint
+of what produced it (``xaijax.provenance``): the baseline to :func:`baseline_fingerprint`, a
+fine-tuning run to its caller's unit plus :func:`finetune_settings`, the digest of the variables it
+starts from and of its mask. A rerun under other inputs recomputes (``config.resume='recompute'``)
+or refuses (``'strict'``).
 """
 
 from __future__ import annotations
@@ -23,21 +29,62 @@ import ml_collections
 import numpy as np
 import optax
 
-from xaijax import checkpoint, data, training
+from xaijax import checkpoint, data, provenance, training
 
 Variables = Mapping[str, Any]
+
+#: ``config.train`` fields that change how a run is logged or checkpointed, never its numbers.
+NON_RESULT_TRAIN_FIELDS = (
+    "eval_batch_size",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_epochs",
+    "multihost",
+)
+
+
+def plain(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config section as a plain dict without the fields ``drop``."""
+    given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    return {key: value for key, value in given.items() if key not in drop}
+
+
+def resume_policy(config: ml_collections.ConfigDict) -> str:
+    """``config.resume``: what a rerun does with results of other inputs (``recompute``)."""
+    return provenance.check_policy(config.get("resume", "recompute"))
+
+
+def baseline_fingerprint(config: ml_collections.ConfigDict) -> provenance.Fingerprint:
+    """What determines the trained baseline: the model, data, optimizer and training fields."""
+    return provenance.fingerprint(
+        unit="baseline",
+        model=config.model,
+        data=config.data,
+        optimizer=config.optimizer,
+        train=plain(config.train, NON_RESULT_TRAIN_FIELDS),
+    )
 
 
 def load_or_train(config: ml_collections.ConfigDict, trained_workdir: str | Path) -> dict:
     """The variables trained by ``config`` in ``trained_workdir/variables``; trains them there
-    first (resumably, with ``training.train_and_evaluate``) when absent."""
+    first (resumably, with ``training.train_and_evaluate``) when absent. The directory is tied to
+    :func:`baseline_fingerprint`: trained under other fields, it is retrained (or, with
+    ``config.resume='strict'``, refused)."""
     trained_workdir = Path(trained_workdir)
+    provenance.claim(
+        trained_workdir,
+        baseline_fingerprint(config),
+        what=f"the baseline in {trained_workdir}",
+        policy=resume_policy(config),
+    )
     variables_dir = trained_workdir / "variables"
     if not variables_dir.is_dir():
         logging.info("no trained model in %s: training it", trained_workdir)
         state, results = training.train_and_evaluate(config, trained_workdir)
-        checkpoint.save_variables(variables_dir, jax.device_get(state.variables))
-        checkpoint.write_json_atomic(trained_workdir / "results.json", results)
+        checkpoint.save_variables(variables_dir, state.variables)  # every process joins
+        if jax.process_index() == 0:
+            checkpoint.write_json_atomic(trained_workdir / "results.json", results)
     return load_variables(variables_dir)
 
 
@@ -57,6 +104,21 @@ def starting_point(
             load_variables(saved) if saved is not None else load_or_train(config, trained_workdir)
         )
     return (model if model is not None else training.model_from_config(config)), variables
+
+
+def start_digest(
+    config: ml_collections.ConfigDict,
+    variables: Variables | None,
+    saved: str | Path | None = None,
+) -> str:
+    """The identity of an experiment's starting point (as :func:`starting_point` picks it):
+    the digest of ``variables`` or of the variables at ``saved``, else that of the baseline's
+    fingerprint (which determines the variables it trains), without training anything."""
+    if variables is None and saved is not None:
+        variables = load_variables(saved)
+    if variables is not None:
+        return provenance.variables_digest(variables)
+    return f"baseline:{baseline_fingerprint(config).digest}"
 
 
 def load_variables(path: str | Path) -> dict:
@@ -82,6 +144,27 @@ def section(
     return merged
 
 
+def finetune_settings(
+    config: ml_collections.ConfigDict,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int | None = None,
+    schedule: str = "constant",
+    seed_offset: int = 0,
+) -> dict[str, Any]:
+    """Every field that determines a :func:`finetune` run besides its model and variables."""
+    return {
+        "epochs": epochs,
+        "learning_rate": float(learning_rate),
+        "batch_size": batch_size or config.train.batch_size,
+        "schedule": schedule,
+        "seed": config.train.seed + seed_offset,
+        "optimizer": plain(config.optimizer, ("learning_rate", "schedule", "warmup_epochs")),
+        "data": config.data,
+    }
+
+
 def finetune(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -89,6 +172,7 @@ def finetune(
     variables: Variables,
     *,
     workdir: str | Path,
+    unit: provenance.Fingerprint,
     epochs: int,
     learning_rate: float,
     batch_size: int | None = None,
@@ -100,12 +184,32 @@ def finetune(
     """Fine-tune ``variables`` of ``model`` with the config's optimizer at ``learning_rate``.
 
     ``gradient_transform`` (e.g. weight sharing's tied cluster gradients) runs before the
-    optimizer; ``mask`` is re-applied after every update. Resumable in ``workdir``. Returns the
+    optimizer; ``mask`` is re-applied after every update. Resumable in ``workdir``, which is tied
+    to ``unit`` (what the caller's unit of work is: the model and method) extended by
+    :func:`finetune_settings` and the digests of ``variables`` and ``mask``. Returns the
     fine-tuned variables on the host (``variables`` unchanged when ``epochs == 0``).
     """
     if epochs == 0:
         return dict(variables)
-    batch_size = batch_size or config.train.batch_size
+    settings = finetune_settings(
+        config,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        schedule=schedule,
+        seed_offset=seed_offset,
+    )
+    provenance.claim(
+        workdir,
+        unit.extend(
+            run=settings,
+            run_start=provenance.variables_digest(variables),
+            run_mask=None if mask is None else provenance.variables_digest(mask),
+        ),
+        what=f"the fine-tuning in {workdir}",
+        policy=resume_policy(config),
+    )
+    batch_size = settings["batch_size"]
     optimizer = copy.deepcopy(config.optimizer)
     optimizer.learning_rate = learning_rate
     optimizer.schedule = schedule
@@ -114,7 +218,7 @@ def finetune(
     if gradient_transform is not None:
         tx = optax.chain(gradient_transform, tx)
     sample = (1, *splits.train.images.shape[1:])
-    seed = config.train.seed + seed_offset
+    seed = settings["seed"]
     state = training.create_train_state(model, tx, seed, sample, variables=variables)
     state, _ = training.fit(
         state,

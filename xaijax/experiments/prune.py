@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, models, pruning, report, training
+from xaijax import checkpoint, data, importance, models, provenance, pruning, report, training
 from xaijax.experiments import common
 
 
@@ -105,15 +105,54 @@ def validate(prune: ml_collections.ConfigDict) -> None:
         raise ValueError("config.prune.finetune_learning_rate must be > 0")
 
 
+#: ``prune`` fields that only locate the starting point (its digest stands for them).
+STARTING_POINT_FIELDS = ("trained_workdir",)
+#: ``prune`` fields that :func:`sweep` replaces by the sweep point (or, one-shot, ignores).
+SWEPT_FIELDS = (
+    "criterion",
+    "conv_sparsity",
+    "dense_sparsity",
+    "granularity",
+    "iterations",
+    "schedule",
+)
+
+
+def prune_fingerprint(
+    config: ml_collections.ConfigDict,
+    prune: ml_collections.ConfigDict,
+    model: nn.Module,
+    start_digest: str,
+    *,
+    drop: tuple[str, ...] = (),
+) -> provenance.Fingerprint:
+    """What determines a pruning run: the model, the digest of its starting variables, the
+    ``prune`` fields (less ``drop``) and the fine-tuning settings."""
+    return provenance.fingerprint(
+        unit="prune",
+        model=provenance.model_identity(model),
+        start=start_digest,
+        data=config.data,
+        prune=common.plain(prune, (*STARTING_POINT_FIELDS, *drop)),
+        finetune=common.finetune_settings(
+            config,
+            epochs=prune.finetune_epochs,
+            learning_rate=prune.finetune_learning_rate,
+            batch_size=prune.finetune_batch_size,
+        ),
+    )
+
+
 def finetune_fn(
     config: ml_collections.ConfigDict,
     prune: ml_collections.ConfigDict,
     model: nn.Module,
     splits: data.Splits,
     workdir: Path,
+    unit: provenance.Fingerprint,
 ) -> Callable[[Mapping[str, Any], Any], dict[str, Any]]:
     """``(variables, params_mask) -> fine-tuned variables``; round ``r`` trains (resumably) in
-    ``workdir/finetune_<r>`` with the mask re-applied after every update."""
+    ``workdir/finetune_<r>`` with the mask re-applied after every update, tied to ``unit``."""
     rounds = {"count": 0}
 
     def finetune(variables: Mapping[str, Any], mask: Any) -> dict[str, Any]:
@@ -124,6 +163,7 @@ def finetune_fn(
             splits,
             variables,
             workdir=workdir / f"finetune_{rounds['count']}",
+            unit=unit,
             epochs=prune.finetune_epochs,
             learning_rate=prune.finetune_learning_rate,
             batch_size=prune.finetune_batch_size,
@@ -203,7 +243,8 @@ def run(
     with timer.phase("evaluate_dense"):
         dense_accuracy = accuracy(model, variables)
     score = score_fn(prune, model, splits.train)
-    finetune = finetune_fn(config, prune, model, splits, workdir)
+    unit = prune_fingerprint(config, prune, model, provenance.variables_digest(variables))
+    finetune = finetune_fn(config, prune, model, splits, workdir, unit)
     before_finetune: list[float] = []
 
     def timed_score(current: Mapping[str, Any], granularity: str) -> Any:
@@ -284,6 +325,7 @@ def run(
             checkpoint.save_variables(workdir / "shrunk_variables", narrow_variables)
     checkpoint.save_variables(workdir / "pruned_variables", result.variables)
     results["wall_time_s"] = timer.seconds
+    results = provenance.stamp(results, unit)
     checkpoint.write_json_atomic(workdir / "results.json", results)
     return results
 
@@ -321,6 +363,7 @@ SWEEP_COLUMNS: dict[str, type] = {
     "kernel_sparsity": float,
     "score_seconds": float,
     "finetune_seconds": float,
+    "fingerprint": str,
 }
 
 SweepPoint = tuple[str, str, float]  # (granularity, criterion, sparsity)
@@ -337,10 +380,17 @@ def read_sweep_rows(path: str | Path) -> list[dict[str, Any]]:
         return []
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = sorted(set(SWEEP_COLUMNS) - set(reader.fieldnames or ()))
+        # Rows written before fingerprints existed read with an empty one: never reused.
+        missing = sorted(set(SWEEP_COLUMNS) - set(reader.fieldnames or ()) - {"fingerprint"})
         if missing:
             raise ValueError(f"{path} lacks the columns {missing}; move it away to start afresh")
-        return [{k: cast(row[k]) for k, cast in SWEEP_COLUMNS.items()} for row in reader]
+        return [
+            {
+                k: cast(row.get(k) or "") if cast is str else cast(row[k])
+                for k, cast in SWEEP_COLUMNS.items()
+            }
+            for row in reader
+        ]
 
 
 def _checked_sweep_args(
@@ -393,8 +443,10 @@ def sweep(
     ``config.prune`` fields (scope, normalize, min_units, fine-tuning, scoring options) apply as in
     :func:`run`; its criterion, sparsities, granularity and iterations are replaced by the sweep.
 
-    Each finished row (:data:`SWEEP_COLUMNS`) is appended to ``workdir/sweep.csv`` at once; a
-    rerun skips the points already there (nothing is loaded or computed when all are).
+    Each finished row (:data:`SWEEP_COLUMNS`) is written to ``workdir/sweep.csv`` at once,
+    stamped with the fingerprint of its point (:func:`prune_fingerprint` without the swept
+    fields, plus the point); a rerun skips the points whose row has the same fingerprint (nothing
+    is computed when all have) and recomputes the others.
     ``workdir/sweep_<granularity>_{sparsity,flops}.png`` plot test accuracy against the fraction
     removed and against FLOPs per example, one series per criterion after fine-tuning and one
     right after pruning. Returns the rows of the requested points in sweep order.
@@ -404,30 +456,60 @@ def sweep(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     csv_path = workdir / "sweep.csv"
-    rows = read_sweep_rows(csv_path)
-    finished = {_sweep_key(row): row for row in rows}
     points = [(g, c, s) for g in granularities for c in criteria for s in sparsities]
+    base = prune_fingerprint(
+        config,
+        prune,
+        model if model is not None else training.model_from_config(config),
+        common.start_digest(config, variables),
+        drop=SWEPT_FIELDS,
+    )
+    fingerprints = {point: base.extend(point=list(point)) for point in points}
+    rows = read_sweep_rows(csv_path)
+    finished = {
+        _sweep_key(row): row
+        for row in rows
+        if _sweep_key(row) in fingerprints
+        and row["fingerprint"] == fingerprints[_sweep_key(row)].digest
+    }
     todo = [point for point in points if point not in finished]
+    policy = common.resume_policy(config)
+    for point in todo:  # A strict rerun refuses here, before any work.
+        provenance.claim(
+            _point_dir(workdir, point),
+            fingerprints[point],
+            what=f"the sweep point {point} in {workdir}",
+            policy=policy,
+        )
     if todo:
-        for row in _sweep_rows(config, prune, workdir, todo, model=model, variables=variables):
-            rows.append(row)
-            finished[_sweep_key(row)] = row
+        points_todo = {point: fingerprints[point] for point in todo}
+        for row in _sweep_rows(
+            config, prune, workdir, points_todo, model=model, variables=variables
+        ):
+            key = _sweep_key(row)
+            rows = [old for old in rows if _sweep_key(old) != key] + [row]
+            finished[key] = row
             report.write_csv_atomic(csv_path, rows, columns=tuple(SWEEP_COLUMNS))
     chosen = [finished[point] for point in points]
     plot_sweep(chosen, workdir)
     return chosen
 
 
+def _point_dir(workdir: Path, point: SweepPoint) -> Path:
+    granularity, criterion, sparsity = point
+    return workdir / "finetune" / f"{granularity}_{criterion}_{sparsity:g}"
+
+
 def _sweep_rows(
     config: ml_collections.ConfigDict,
     prune: ml_collections.ConfigDict,
     workdir: Path,
-    todo: Sequence[SweepPoint],
+    todo: Mapping[SweepPoint, provenance.Fingerprint],
     *,
     model: nn.Module | None,
     variables: Mapping[str, Any] | None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield the row of each point of ``todo`` as it finishes."""
+    """Yield the row of each point of ``todo`` (point -> its fingerprint) as it finishes."""
     model, variables = common.starting_point(
         config,
         model,
@@ -468,13 +550,15 @@ def _sweep_rows(
             scores[criterion, kind] = computed, timer.seconds["score"]
         return scores[criterion, kind][0]
 
-    for granularity, criterion, sparsity in todo:
-        point_dir = workdir / "finetune" / f"{granularity}_{criterion}_{sparsity:g}"
+    for (granularity, criterion, sparsity), unit in todo.items():
+        point_dir = _point_dir(workdir, (granularity, criterion, sparsity))
         result, before, finetune_seconds = _one_shot(
             variables,
             specs=specs,
             score=functools.partial(scores_of, criterion),
-            finetune=finetune_fn(config, criterion_section(criterion), model, splits, point_dir),
+            finetune=finetune_fn(
+                config, criterion_section(criterion), model, splits, point_dir, unit
+            ),
             accuracy=accuracy,
             granularity=granularity,
             sparsity=sparsity,
@@ -502,6 +586,7 @@ def _sweep_rows(
             / sum(k.size for k in kernels),
             "score_seconds": sum(scores[criterion, kind][1] for kind in kinds),
             "finetune_seconds": finetune_seconds,
+            "fingerprint": unit.digest,
         }
         logging.info(
             "%s %s sparsity %.2f: accuracy %.4f -> %.4f (dense %.4f), FLOPs %d / %d",

@@ -8,8 +8,12 @@ one fine-tuning), exports the integers plus scales with orbax and measures the f
 that the integer model scores as the fake-quantized one. Exact zeros in kernels (pruned weights)
 stay zero through fine-tuning.
 
-Each allocation's outcome is kept in ``workdir/runs/<allocation>.json`` (a rerun skips it) with its
-fine-tuning under ``workdir/finetune/<allocation>`` (resumable). Writes ``results.json``
+Each allocation is a unit of work in ``workdir/allocations/<allocation>`` (``result.json``, the
+fine-tuning checkpoints under ``finetune/`` and the integer export under ``export/``), tied to the
+fingerprint of what determines it (:func:`allocation_fingerprint`): a rerun reuses it or resumes
+its fine-tuning when the inputs are the same, and recomputes it when they changed. The integer
+model must score exactly as the fake-quantized one (weight-only quantization); a mismatch raises
+:class:`ExportMismatchError`. Writes ``results.json``
 (atomically, after every run), ``results.csv``, ``results.md`` and the plots
 ``bits_per_layer_b<budget>.png`` and ``accuracy_vs_size_{ptq,qat}.png``.
 """
@@ -30,7 +34,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, report, training
+from xaijax import checkpoint, data, importance, provenance, report, training
 from xaijax.experiments import common
 from xaijax.quantization import (
     STRATEGIES,
@@ -154,9 +158,45 @@ def sensitivities(
     }
 
 
+class ExportMismatchError(RuntimeError):
+    """The exported integer model does not score as the fake-quantized model it was taken from."""
+
+
 def allocation_key(bits: dict[str, int], activation_bits: int | None) -> str:
     key = "w" + "-".join(str(b) for b in bits.values())
     return key if activation_bits is None else f"{key}_a{activation_bits}"
+
+
+def qat_learning_rate(config: ml_collections.ConfigDict, q: ml_collections.ConfigDict) -> float:
+    """``q.finetune_learning_rate``, default a tenth of the config's learning rate."""
+    return q.finetune_learning_rate or float(config.optimizer.learning_rate) / 10
+
+
+def allocation_fingerprint(
+    config: ml_collections.ConfigDict,
+    q: ml_collections.ConfigDict,
+    model: nn.Module,
+    start_digest: str,
+    bits: dict[str, int],
+) -> provenance.Fingerprint:
+    """What determines one allocation's PTQ, QAT and export: the model, the digest of the
+    variables it starts from, the bits, activation bits, fine-tuning settings and packing."""
+    return provenance.fingerprint(
+        unit="quantize",
+        model=provenance.model_identity(model),
+        start=start_digest,
+        data=config.data,
+        bits=bits,
+        activation_bits=q.activation_bits,
+        pack_export=q.pack_export,
+        finetune=common.finetune_settings(
+            config,
+            epochs=q.finetune_epochs,
+            learning_rate=qat_learning_rate(config, q),
+            batch_size=q.finetune_batch_size,
+            schedule="cosine",
+        ),
+    )
 
 
 def run_one(
@@ -166,12 +206,13 @@ def run_one(
     variables: Mapping[str, Any],
     splits: data.Splits,
     bits: dict[str, int],
-    workdir: Path,
+    unit_dir: Path,
+    unit: provenance.Fingerprint,
 ) -> dict[str, Any]:
-    """PTQ, QAT, export and the integer-model check for one allocation (kept in
-    ``workdir/runs/<allocation>.json``; a finished allocation is read back, not recomputed)."""
+    """PTQ, QAT, export and the integer-model check for one allocation, in ``unit_dir`` (claimed
+    for ``unit`` by the caller; a finished allocation is read back, not recomputed)."""
     key = allocation_key(bits, q.activation_bits)
-    done = workdir / "runs" / f"{key}.json"
+    done = unit_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     timer = common.Timer()
@@ -185,9 +226,10 @@ def run_one(
             qmodel,
             splits,
             variables,
-            workdir=workdir / "finetune" / key,
+            workdir=unit_dir / "finetune",
+            unit=unit,
             epochs=q.finetune_epochs,
-            learning_rate=q.finetune_learning_rate or float(config.optimizer.learning_rate) / 10,
+            learning_rate=qat_learning_rate(config, q),
             batch_size=q.finetune_batch_size,
             schedule="cosine",
             mask=common.zero_mask(variables["params"]),
@@ -195,8 +237,13 @@ def run_one(
         qat = common.evaluate_test(qmodel, tuned, splits, eval_batch)
     with timer.phase("export"):
         exported = export_integer_model(tuned, bits, pack=q.pack_export)
-        disk_bytes = save_integer_model(workdir / "export" / key, exported)
+        disk_bytes = save_integer_model(unit_dir / "export", exported)
         integer = common.evaluate_test(model, dequantize(exported), splits, eval_batch)
+    if q.activation_bits is None and integer["accuracy"] != qat["accuracy"]:
+        raise ExportMismatchError(
+            f"allocation {key}: the exported integer model scores {integer['accuracy']:.6f} but "
+            f"the fake-quantized model {qat['accuracy']:.6f}"
+        )
     result = {
         "ptq_accuracy": ptq["accuracy"],
         "ptq_loss": ptq["loss"],
@@ -207,6 +254,7 @@ def run_one(
         "seconds": timer.seconds,
         "allocation": key,
     }
+    result = provenance.stamp(result, unit)
     checkpoint.write_json_atomic(done, result)
     return result
 
@@ -292,6 +340,9 @@ def run(
     logging.info("float model: test accuracy %.4f", float_eval["accuracy"])
 
     tables = sensitivities(q, model, variables, splits.train, names)
+    start_digest = provenance.variables_digest(variables)
+    policy = common.resume_policy(config)
+    recomputed: dict[str, list[str]] = {}
     results: dict[str, Any] = {
         "float": {
             "accuracy": float_eval["accuracy"],
@@ -316,7 +367,15 @@ def run(
                 importance=tables["layer_importance"],
                 bit_choices=tuple(q.bit_choices),
             )
-            outcome = run_one(config, q, model, variables, splits, bits, workdir)
+            key = allocation_key(bits, q.activation_bits)
+            unit = allocation_fingerprint(config, q, model, start_digest, bits)
+            unit_dir = workdir / "allocations" / key
+            found = provenance.claim(
+                unit_dir, unit, what=f"the allocation {key} in {workdir}", policy=policy
+            )
+            if found.status == "recomputed":
+                recomputed[key] = list(found.changed)
+            outcome = run_one(config, q, model, variables, splits, bits, unit_dir, unit)
             run = {
                 "strategy": strategy,
                 "budget": float(budget),
@@ -326,6 +385,7 @@ def run(
                 **outcome,
             }
             results["runs"].append(run)
+            results["recomputed"] = recomputed
             write_outputs(workdir, results)
             logging.info(
                 "budget %g %s bits=%s PTQ %.4f QAT %.4f (%.1f KiB)",

@@ -10,8 +10,10 @@ evaluated again. Exact zeros in kernels (pruned weights) stay zero and out of th
 
 Outputs in ``workdir``: ``results.json`` (atomic), ``results.csv``, ``results.md`` and the plots
 ``accuracy_vs_bits.png``, ``accuracy_before_finetune_vs_bits.png``, ``accuracy_vs_ratio.png``.
-Each (importance, bits) run lives in ``workdir/<importance>_<bits>bit`` (fine-tuning checkpoints
-and ``row.json``); a rerun skips finished runs and resumes unfinished fine-tuning.
+Each (importance, bits) run lives in ``workdir/<importance>_<bits>bit`` (``row.json`` and the
+fine-tuning checkpoints under ``finetune/``), tied to the fingerprint of everything that determines
+the row (:func:`row_fingerprints`): a rerun reuses finished rows and resumes unfinished fine-tuning
+of the same inputs, and recomputes rows whose inputs changed.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, report, training, weight_sharing
+from xaijax import checkpoint, data, importance, provenance, report, training, weight_sharing
 from xaijax.experiments import common
 
 UNIFORM = "uniform"
+#: ``share`` fields that only locate the starting point (its variables digest stands for them).
+STARTING_POINT_FIELDS = ("variables_dir", "trained_workdir")
+#: ``share`` fields read only when an importance criterion scores the weights.
+SCORING_FIELDS = ("target", "reference", "num_references", "num_examples", "score_batch_size")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -138,6 +144,40 @@ def squared_error(params: Any, shared_params: Any) -> float:
     return float(sum(jnp.sum(jnp.square(kernels[name] - shared_kernels[name])) for name in kernels))
 
 
+def row_fingerprints(
+    config: ml_collections.ConfigDict,
+    share: ml_collections.ConfigDict,
+    model: Any,
+    variables: Mapping[str, Any],
+) -> dict[tuple[str, int], provenance.Fingerprint]:
+    """``(importance, bits) -> fingerprint`` of each row: the model and the digest of the
+    variables it starts from, the ``share`` fields the row reads and its fine-tuning settings."""
+    base = provenance.fingerprint(
+        unit="share",
+        model=provenance.model_identity(model),
+        start=provenance.variables_digest(variables),
+        data=config.data,
+        share=common.plain(share, (*STARTING_POINT_FIELDS, "bits", "importances")),
+        finetune=common.finetune_settings(
+            config,
+            epochs=share.finetune_epochs,
+            learning_rate=share.finetune_learning_rate,
+            batch_size=share.finetune_batch_size,
+        ),
+    )
+    unscored = {f"share.{field}" for field in SCORING_FIELDS}
+    fingerprints = {}
+    for name in share.importances:
+        row_base = base
+        if name == UNIFORM:
+            row_base = provenance.Fingerprint(
+                {k: v for k, v in base.inputs.items() if k not in unscored}
+            )
+        for bits in share.bits:
+            fingerprints[name, bits] = row_base.extend(importance=name, bits=bits)
+    return fingerprints
+
+
 def run_one(
     config: ml_collections.ConfigDict,
     share: ml_collections.ConfigDict,
@@ -149,8 +189,10 @@ def run_one(
     bits: int,
     importance_name: str,
     run_dir: Path,
+    unit: provenance.Fingerprint,
 ) -> dict[str, Any]:
-    """Cluster, evaluate, fine-tune, snap, evaluate, measure size: one row of the results."""
+    """Cluster, evaluate, fine-tune, snap, evaluate, measure size: one row of the results,
+    stamped with ``unit``'s digest."""
     eval_batch = config.train.eval_batch_size
     started = time.perf_counter()
     params = variables["params"]
@@ -170,7 +212,8 @@ def run_one(
         model,
         splits,
         shared_variables,
-        workdir=run_dir,
+        workdir=run_dir / "finetune",
+        unit=unit,
         epochs=share.finetune_epochs,
         learning_rate=share.finetune_learning_rate,
         batch_size=share.finetune_batch_size,
@@ -187,7 +230,7 @@ def run_one(
         model, splits.test, eval_batch, variables={**tuned, "params": snapped}
     )
     size = weight_sharing.size_report(snapped, tuned_shared)
-    return {
+    row = {
         "importance": importance_name,
         "bits": bits,
         "accuracy_shared": accuracy_shared["accuracy"],
@@ -203,6 +246,7 @@ def run_one(
         "layers": {name: layer._asdict() for name, layer in size.layers.items()},
         "wall_time_s": time.perf_counter() - started,
     }
+    return provenance.stamp(row, unit)
 
 
 TABLE_COLUMNS = (
@@ -298,6 +342,17 @@ def run(
     splits = splits if splits is not None else training.datasets_from_config(config)
     mask = common.zero_mask(variables["params"])
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
+    fingerprints = row_fingerprints(config, share, model, variables)
+    policy = common.resume_policy(config)
+    claims = {
+        (name, bits): provenance.claim(
+            workdir / f"{name}_{bits}bit",
+            fp,
+            what=f"the weight sharing row {name}, {bits} bits in {workdir}",
+            policy=policy,
+        )
+        for (name, bits), fp in fingerprints.items()
+    }
     rows = []
     for importance_name in share.importances:
         pending = [
@@ -328,6 +383,7 @@ def run(
                     bits,
                     importance_name,
                     run_dir,
+                    fingerprints[importance_name, bits],
                 )
                 row["score_time_s"] = score_seconds
                 checkpoint.write_json_atomic(row_path, row)
@@ -342,6 +398,11 @@ def run(
         if mask is None
         else int(sum(np.sum(m == 0) for m in jax.tree.leaves(mask))),
         "rows": rows,
+        "recomputed": {
+            f"{name}_{bits}bit": list(found.changed)
+            for (name, bits), found in claims.items()
+            if found.status == "recomputed"
+        },
     }
     checkpoint.write_json_atomic(workdir / "results.json", results)
     results["table"] = write_outputs(workdir, results)
