@@ -1,5 +1,6 @@
-"""Small Flax networks with numpy-drawn weights, and the same networks as ``deeplift_oracle``
-layer lists, shared by the tests that compare xaijax with the numpy oracle."""
+"""Shared by the tests that compare xaijax with the numpy oracle of ``deeplift_oracle``: small
+Flax networks with numpy-drawn weights, the same networks as oracle layer lists, and the
+comparison helpers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,30 @@ import numpy as np
 from xaijax.models import LayerSpec
 
 ACTIVATION_FNS = {"relu": nn.relu, "tanh": jnp.tanh}
+ATOL = 1e-5  # float32 xaijax against the float64 oracle, relative to max(1, |expected|)
+MARGIN = 1e-2  # a wrong rule must move the expected values by more than this
+
+
+def assert_close(actual: Any, expected: Any, atol: float = ATOL) -> float:
+    """Assert ``|actual - expected| <= atol * max(1, |expected|)`` elementwise; returns the
+    largest absolute error."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    error = np.abs(actual - expected)
+    np.testing.assert_array_less(error, atol * np.maximum(1.0, np.abs(expected)) + 1e-12)
+    return float(error.max(initial=0.0))
+
+
+def assert_far(a: Any, b: Any, margin: float = MARGIN) -> None:
+    """Assert that the pytrees ``a`` and ``b`` differ somewhere by more than ``margin``."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    gaps = jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()), a, b)
+    assert max(jax.tree.leaves(gaps)) > margin
+
+
+def numpy_params(variables: Any) -> Any:
+    """``variables["params"]`` as numpy arrays."""
+    return jax.tree.map(np.asarray, variables["params"])
 
 
 def _chain_specs(names: tuple[str, ...], kinds: tuple[str, ...]) -> tuple[LayerSpec, ...]:

@@ -11,31 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference_nets import MLP, SmallCNN, draw_variables, one_hot
+from reference_nets import (
+    MARGIN,
+    MLP,
+    SmallCNN,
+    assert_close,
+    assert_far,
+    draw_variables,
+    numpy_params,
+    one_hot,
+)
 
 from xaijax import deeplift
-
-ATOL = 1e-5  # float32 xaijax against the float64 oracle, on values of order 1
-MARGIN = 1e-2  # a wrong rule must move the expected values by at least this much
-
-
-def assert_close(actual, expected, atol: float = ATOL) -> float:
-    """Assert ``|actual - expected| <= atol * max(1, |expected|)`` elementwise; returns the max
-    absolute error."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    scale = np.maximum(1.0, np.abs(expected))
-    np.testing.assert_array_less(np.abs(actual - expected), atol * scale + 1e-12)
-    return float(np.abs(actual - expected).max())
-
-
-def assert_far(a, b, margin: float = MARGIN) -> None:
-    """Assert that ``a`` and ``b`` differ somewhere by more than ``margin``."""
-    assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) > margin
-
-
-def _params(variables):
-    return jax.tree.map(np.asarray, variables["params"])
-
 
 # ----------------------------------------------------------------------------------------------
 # RevealCancel with exact zero deltas.
@@ -72,7 +59,7 @@ def test_reveal_cancel_matches_numpy_with_zero_deltas(hidden, seed):
     """Inputs and hidden units whose delta is exactly zero pass (M+ + M-) / 2 times the weights,
     as in the reference implementation; input and layer contributions match the oracle."""
     model, variables, x, ref, labels = _zero_delta_mlp(hidden, seed)
-    layers = model.oracle_layers(_params(variables))
+    layers = model.oracle_layers(numpy_params(variables))
     dense = [layers[i] for i in oracle.parametrized(layers)]
     cotangent = one_hot(labels, 3)
     expected = oracle.reveal_cancel_mlp(dense, x, ref, cotangent)
@@ -129,7 +116,7 @@ def _cancelling_mlp(activation: str):
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_near_zero_delta_unit_gets_the_derivative(activation):
     model, variables, x, ref = _cancelling_mlp(activation)
-    layers = model.oracle_layers(_params(variables))
+    layers = model.oracle_layers(numpy_params(variables))
     values, ref_values = oracle.forward(layers, x), oracle.forward(layers, ref[None])
     assert np.all(np.abs(values[1][:, 0] - ref_values[1][:, 0]) <= deeplift.SECANT_EPS)
     assert np.all(np.abs(x[:, :2] - ref[:2]) > 0.3)
@@ -160,7 +147,7 @@ def test_rescale_conv_net_input_and_layer_contributions_match_numpy():
     x = generator.uniform(size=(4, 8, 8, 2)).astype(np.float32)
     ref = (0.3 * generator.standard_normal((8, 8, 2))).astype(np.float32)
     labels = np.array([0, 2, 1, 2])
-    layers = model.oracle_layers(_params(variables))
+    layers = model.oracle_layers(numpy_params(variables))
     explained = oracle.explain(layers, x, ref[None], one_hot(labels, 3))
 
     @jax.jit
