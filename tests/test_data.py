@@ -356,3 +356,30 @@ def test_check_dataset_rejects_wrong_layout():
         data.check_dataset(data.Dataset(np.zeros((2, 3, 3, 1), np.float32), np.zeros(2)))
     with pytest.raises(ValueError, match="2 images but 3 labels"):
         data.check_dataset(data.Dataset(np.zeros((2, 3, 3, 1), np.float32), np.zeros(3, np.int32)))
+
+
+def test_check_dataset_refuses_non_finite_pixels():
+    images = np.zeros((5, 3, 3, 1), np.float32)
+    images[3, 0, 0, 0] = np.nan
+    images[1, 2, 1, 0] = np.inf
+    images[3, 1, 1, 0] = -np.inf
+    ds = data.Dataset(images, np.zeros(5, np.int32))
+    with pytest.raises(data.DataFormatError, match=r"2 of 5 images .*NaN or infinite.*index 1\)"):
+        data.check_dataset(ds)
+    images[1, 2, 1, 0] = 0.0
+    with pytest.raises(data.DataFormatError, match=r"1 of 5 images .*index 3\)"):
+        data.check_dataset(ds)
+    images[3] = 0.5
+    assert data.check_dataset(ds) is ds
+
+
+def test_load_dataset_refuses_a_built_dataset_with_nan_pixels(monkeypatch):
+    def synthetic_with_nan(num_examples, **kwargs):
+        ds = make_synthetic(num_examples, **kwargs)
+        ds.images[7, 4, 4, 0] = np.nan
+        return ds
+
+    make_synthetic = data.make_synthetic
+    monkeypatch.setattr(data, "make_synthetic", synthetic_with_nan)
+    with pytest.raises(data.DataFormatError, match=r"1 of 512 images .*index 7\)"):
+        data.load_dataset("synthetic", "train")

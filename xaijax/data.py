@@ -18,6 +18,8 @@ Sources (:func:`load_dataset`):
 
 Every reader validates what it reads and raises :class:`DataFormatError` (a ``ValueError``) naming
 the file and the problem, before allocating memory sized by untrusted headers.
+:func:`check_dataset` (run by :func:`load_dataset` on every dataset it loads or builds, and by
+training) also refuses images with NaN or infinite pixels, naming their count and the first index.
 """
 
 from __future__ import annotations
@@ -67,8 +69,20 @@ class Dataset(NamedTuple):
         return int(self.labels.shape[0])
 
 
+def check_finite_images(images: np.ndarray) -> None:
+    """Raise :class:`DataFormatError` naming how many images hold a NaN or infinite pixel and
+    the index of the first one."""
+    bad = np.flatnonzero(~np.isfinite(images).reshape(images.shape[0], -1).all(axis=1))
+    if bad.size:
+        raise DataFormatError(
+            f"{bad.size} of {images.shape[0]} images contain NaN or infinite pixels "
+            f"(first at index {bad[0]})"
+        )
+
+
 def check_dataset(ds: Dataset) -> Dataset:
-    """Raise ``TypeError``/``ValueError`` unless ``ds`` follows the documented layout."""
+    """Raise ``TypeError``/``ValueError`` unless ``ds`` follows the documented layout, and
+    :class:`DataFormatError` (a ``ValueError``) if an image has a NaN or infinite pixel."""
     if not isinstance(ds, Dataset):
         raise TypeError(f"expected a xaijax.data.Dataset, got {type(ds).__name__}")
     images, labels = ds
@@ -86,6 +100,7 @@ def check_dataset(ds: Dataset) -> Dataset:
         )
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    check_finite_images(images)
     return ds
 
 
