@@ -20,6 +20,10 @@ DeepLIFT (Shrikumar et al., ICML 2017) explains ``t(x) - t(x_ref)`` for a scalar
 * Max pooling (windowed or a ``max`` over axes) uses the cross-max rule: in each window the
   position ``c`` holding ``max(y, y_ref)`` (the first maximum of ``max(x, x_ref)``) receives the
   whole delta with multiplier ``(y - y_ref) / (x_c - x_ref_c)``, which lies in ``[0, 1]``.
+  The original DeepLIFT code routes the multiplier through the argmax of the input, like a
+  gradient; that loses summation-to-delta wherever the maxima of the input and of the reference
+  lie at different positions. The cross-max rule keeps it exact (Captum uses one too); see
+  docs/design.md.
 * Linear operations (dense, convolution, sums, average pooling, inference-mode BatchNorm, reshapes,
   concatenations, residual additions, ...) pass multipliers exactly like gradients.
 

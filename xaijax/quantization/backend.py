@@ -13,9 +13,11 @@ contraction (per example, and per position for a conv).
 
 The AQT backend runs Dense layers through ``AqtDotGeneral`` and convolutions as that same quantized
 dot_general over ``lax.conv_general_dilated_patches``: AQT's ``DotGeneral`` passes straight-through
-gradients (its convolution op gives zero gradients, see DESIGN.md). The backward dot_generals run
-in float on the forward's quantized operands, so every gradient equals the float layer's gradient
-evaluated at the quantized kernel (the textbook straight-through estimator).
+gradients, whereas AQT's own ``AqtConvGeneralDilated`` gives a zero kernel gradient (and a zero
+input gradient too when activations are quantized), so QAT through it would train no convolution
+(docs/design.md, "Quantized convolutions"). The backward dot_generals run in float on the
+forward's quantized operands, so every gradient equals the float layer's gradient evaluated at the
+quantized kernel (the textbook straight-through estimator).
 """
 
 from __future__ import annotations
