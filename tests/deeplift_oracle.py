@@ -191,6 +191,7 @@ def secant(dy: Array, dz: Array, derivative: Array) -> Array:
 
 
 def _pool_pull_back(a: Array, a_ref: Array, m_out: Array, size: int, rule: Rule) -> Array:
+    """Each window's output multiplier times its scale, sent to the window's winning position."""
     x, x0 = _windows(a, size), _windows(np.broadcast_to(a_ref, a.shape), size)
     if rule == "gradient":
         winner, scale = np.argmax(x, axis=-1), np.ones(m_out.shape)
