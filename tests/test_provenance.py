@@ -225,3 +225,27 @@ def test_sweep_rerun_with_a_changed_field_reports_only_new_rows(tmp_path, start)
     assert strip(rerun) == strip(fresh)
     assert rerun[0]["accuracy_after_finetune"] != old[0]["accuracy_after_finetune"]
     assert len(prune_experiment.read_sweep_rows(tmp_path / "run" / "sweep.csv")) == 1
+
+
+def test_integer_export_that_scores_differently_is_refused(tmp_path, start, monkeypatch):
+    """The quantize experiment itself checks the exported integers score exactly as the
+    fake-quantized model (a perturbed dequantization must raise, not be reported)."""
+    model, variables, splits = start
+    fields = {"budgets": (4.0,), "strategies": ("uniform",), "finetune_epochs": 0}
+    fields.update(importance_examples=32, hessian_examples=32, hessian_samples=1)
+    real = quantize_experiment.dequantize
+
+    def perturbed(exported):
+        dequantized = real(exported)
+        scale = lambda path, x: -x if jax.tree_util.keystr(path).endswith("['kernel']") else x
+        return jax.tree_util.tree_map_with_path(scale, dequantized)
+
+    monkeypatch.setattr(quantize_experiment, "dequantize", perturbed)
+    with pytest.raises(quantize_experiment.ExportMismatchError, match="w4-4-4-4-4-4"):
+        quantize_experiment.run(
+            smoke_config(quantize=fields),
+            tmp_path / "run",
+            model=model,
+            variables=variables,
+            splits=splits,
+        )
