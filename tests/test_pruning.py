@@ -458,6 +458,53 @@ def test_iterative_prune_grows_masks_to_target():
     )
 
 
+def test_match_sparsity_finds_the_budget_step_from_below():
+    steps = np.array([100, 90, 90, 75, 60, 40, 40, 10])  # kept at sparsity in [i/8, (i+1)/8)
+    count_at = lambda s: int(steps[min(int(s * 8), 7)])
+    for budget, expected in ((100, 100), (95, 90), (90, 90), (74, 60), (10, 10)):
+        sparsity = pruning.match_sparsity(count_at, budget, "test")
+        assert count_at(sparsity) == expected
+        assert sparsity == 0 or count_at(np.nextafter(sparsity, 0) - 1e-12) > budget
+    with pytest.raises(ValueError, match="budget of 5 parameters cannot be met"):
+        pruning.match_sparsity(count_at, 5, "test")
+
+
+@pytest.mark.parametrize("granularity", ["hybrid", "unit"])
+def test_param_budget_gives_every_criterion_the_same_size(granularity):
+    """Criteria that remove different units keep different parameter counts at one sparsity;
+    with a parameter budget each keeps at most the budget, all within one step of each other."""
+    model = models.get_model("lenet5")
+    variables = init(model, LENET_SHAPE)
+    specs = model.layer_specs()
+    ds = synthetic(32)
+    budget = 6000
+    kept = {}
+    for criterion in ("magnitude", "taylor", "random"):
+
+        def score_fn(current, kind, criterion=criterion):
+            return importance.score(criterion, model, current, ds, granularity=kind, seed=1)
+
+        result = pruning.iterative_prune(
+            variables,
+            specs=specs,
+            score_fn=score_fn,
+            finetune_fn=lambda current, mask: current,
+            conv_sparsity=0.5,
+            dense_sparsity=0.9,
+            granularity=granularity,
+            num_steps=2,
+            param_budget=budget,
+        )
+        kept[criterion] = pruning.nonzero_count(result.variables["params"])
+        assert kept[criterion] == result.history[-1]["kept_params"] <= budget
+    # One step of the kept count: a dense weight (hybrid), or one dense unit with its incoming
+    # weights, bias and outgoing weights (unit), bounded by the widest fan-in + 1 + fan-out.
+    shapes = [variables["params"][s.name]["kernel"].shape for s in specs if s.kind == "dense"]
+    widest = max(int(np.prod(shape[:-1])) for shape in shapes) + 1 + max(s[-1] for s in shapes)
+    step = 1 if granularity == "hybrid" else widest
+    assert max(kept.values()) - min(kept.values()) < step, kept
+
+
 def test_sparsity_schedule():
     linear = pruning.sparsity_schedule(0.8, 4)
     np.testing.assert_allclose(linear, [0.2, 0.4, 0.6, 0.8])

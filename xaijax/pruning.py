@@ -32,6 +32,7 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -686,6 +687,43 @@ def masks_by_kind(
     return units, weights
 
 
+def kept_count(mask: Any) -> int:
+    """Entries a params mask keeps: the non-zero parameters of the masked model."""
+    return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf in jax.tree.leaves(mask)))
+
+
+def match_sparsity(count_at: Callable[[float], int], budget: int, what: str) -> float:
+    """The smallest sparsity ``s`` in [0, 1) with ``count_at(s) <= budget``.
+
+    ``count_at`` (parameters kept at sparsity ``s``) must be non-increasing, as it is for masks
+    that grow with ``s``; bisection over ``s`` then finds the step of ``count_at`` closest to the
+    budget from below, so criteria pruned to one budget keep the same number of parameters up to
+    one step (one weight for weight masks). ``ValueError`` when even ``s -> 1`` keeps more.
+    """
+    low, high = 0.0, float(np.nextafter(1.0, 0.0))
+    if count_at(low) <= budget:
+        return low
+    if count_at(high) > budget:
+        raise ValueError(
+            f"{what}: a budget of {budget} parameters cannot be met (pruning everything "
+            f"allowed still keeps {count_at(high)})"
+        )
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        if count_at(middle) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _kept_at(
+    specs: Sequence[LayerSpec], params: Any, masks_at: Callable[..., tuple], dense: float
+) -> int:
+    units, weights = masks_at(dense_sparsity=dense)
+    return kept_count(params_mask(specs, params, units, weight_masks=weights))
+
+
 @dataclasses.dataclass
 class PruneResult:
     """Outcome of :func:`iterative_prune`: the fine-tuned masked variables and the final masks."""
@@ -713,6 +751,7 @@ def iterative_prune(
     exclude: Sequence[str] | None = None,
     min_units: int = 1,
     normalize: Normalization = "mean",
+    param_budget: int | None = None,
 ) -> PruneResult:
     """Prune a step, fine-tune, re-score, repeat until the target sparsity.
 
@@ -722,8 +761,11 @@ def iterative_prune(
     ``finetune_fn(variables, params_mask)``, which must keep masked entries zero (e.g.
     ``xaijax.training.fit(..., mask=params_mask)``). Targets: ``conv_sparsity`` and
     ``dense_sparsity`` (each defaults to ``target_sparsity``); ``granularity`` as in
-    :func:`masks_by_kind`. ``history`` records each round's targets and the resulting fraction of
-    zero kernel entries per layer.
+    :func:`masks_by_kind`. ``param_budget`` (equal size across criteria): the last round's dense
+    sparsity is chosen (:func:`match_sparsity`) so that the model keeps at most, and as close as
+    possible to, ``param_budget`` non-zero parameters, whatever units the criterion removed.
+    ``history`` records each round's targets and the resulting fraction of zero kernel entries
+    per layer.
     """
     conv_target = target_sparsity if conv_sparsity is None else conv_sparsity
     dense_target = target_sparsity if dense_sparsity is None else dense_sparsity
@@ -738,11 +780,11 @@ def iterative_prune(
     units = weights = mask = None
     history = []
     for step, fraction in enumerate(fractions, start=1):
-        units, weights = masks_by_kind(
+        masks_at = functools.partial(
+            masks_by_kind,
             specs,
             granularity=granularity,
             conv_sparsity=conv_target * fraction,
-            dense_sparsity=dense_target * fraction,
             unit_scores=score_fn(current, "unit") if unit_kinds else None,
             weight_scores=score_fn(current, "weight") if weight_kinds else None,
             scope=scope,
@@ -752,6 +794,11 @@ def iterative_prune(
             pruned_units=units,
             pruned_weights=weights,
         )
+        dense = dense_target * fraction
+        if param_budget is not None and step == len(fractions):
+            kept_at = functools.partial(_kept_at, specs, current["params"], masks_at)
+            dense = match_sparsity(kept_at, param_budget, "param_budget")
+        units, weights = masks_at(dense_sparsity=dense)
         mask = params_mask(specs, current["params"], units, weight_masks=weights)
         current = mask_variables(specs, current, units, weight_masks=weights)
         current = dict(finetune_fn(current, mask))
@@ -759,7 +806,8 @@ def iterative_prune(
             {
                 "step": step,
                 "conv_sparsity": conv_target * fraction,
-                "dense_sparsity": dense_target * fraction,
+                "dense_sparsity": dense,
+                "kept_params": kept_count(mask),
                 "kernel_sparsity": kernel_sparsity(specs, current["params"]),
             }
         )

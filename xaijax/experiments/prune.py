@@ -56,6 +56,10 @@ def defaults() -> ml_collections.ConfigDict:
             "normalize": "mean",
             "min_units": 1,
             "prune_classifier": False,
+            # Equal size across criteria: None, or the fraction of the dense model's parameters
+            # kept; the last round's dense sparsity is then chosen to meet it exactly
+            # (xaijax.pruning.match_sparsity) instead of dense_sparsity.
+            "param_budget": config_dict.placeholder(float),
             # Iterative schedule: rounds of prune + fine-tune.
             "iterations": 1,
             "schedule": "linear",
@@ -103,6 +107,10 @@ def validate(prune: ml_collections.ConfigDict) -> None:
             )
     if not prune.finetune_learning_rate > 0:
         raise ValueError("config.prune.finetune_learning_rate must be > 0")
+    if prune.param_budget is not None and not 0 < prune.param_budget < 1:
+        raise ValueError(
+            f"config.prune.param_budget must be None or in (0, 1), got {prune.param_budget!r}"
+        )
 
 
 #: ``prune`` fields that only locate the starting point (its digest stands for them).
@@ -115,6 +123,7 @@ SWEPT_FIELDS = (
     "granularity",
     "iterations",
     "schedule",
+    "param_budget",
 )
 
 
@@ -271,6 +280,9 @@ def run(
         exclude=exclude,
         min_units=prune.min_units,
         normalize=prune.normalize,
+        param_budget=None
+        if prune.param_budget is None
+        else round(prune.param_budget * models.count_params(variables["params"])),
     )
     with timer.phase("evaluate_finetuned"):
         final_accuracy = common.evaluate_test(model, result.variables, splits, eval_batch)[
