@@ -81,9 +81,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(array)), std
 
 
-def paired_t_interval(
-    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
-) -> Interval:
+def paired_t_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
     """Paired t-interval for ``mean(a - b)``.
 
     ``d = a - b`` over ``n >= 2`` pairs; ``mean(d) ± t_{(1+c)/2, n-1} * s_d / sqrt(n)`` with
