@@ -6,7 +6,7 @@ The compression sections are sized so that ``scripts/compress.py`` runs the whol
 
 import ml_collections
 
-from xaijax.config_utils import base_config
+from xaijax.defaults import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ decay by 10x at epochs 91 and 137 of 182) from a local copy of the python-pickle
 
 import ml_collections
 
-from xaijax.config_utils import base_config
+from xaijax.defaults import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

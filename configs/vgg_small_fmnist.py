@@ -3,7 +3,7 @@ weight decay and random horizontal flips."""
 
 import ml_collections
 
-from xaijax.config_utils import base_config
+from xaijax.defaults import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

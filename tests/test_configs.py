@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from xaijax import data, models, training
-from xaijax.config_utils import base_config, validate_config
+from xaijax.config_utils import validate_config
+from xaijax.defaults import base_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -138,12 +139,21 @@ def test_train_script_writes_results_and_resumes(tmp_path):
     assert f"test accuracy {results['test']['accuracy']:.4f}" in done.stdout
     assert (tmp_path / "metrics.jsonl").is_file() and (tmp_path / "variables").is_dir()
 
-    # Same command again: restores the finished run instead of training more.
-    again = run_train(tmp_path, "--config.train.epochs=1", "--config.train.log_every_steps=5")
+    # Same command again (a logging field changed): reuses the finished run, recomputes nothing.
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    again = run_train(tmp_path, "--config.train.epochs=1", "--config.train.log_every_steps=7")
     assert again.returncode == 0, again.stderr[-3000:]
-    rerun = json.loads((tmp_path / "results.json").read_text())
-    assert rerun["steps"] == results["steps"] and rerun["history"] == []
-    assert rerun["test"] == results["test"]
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+    assert f"test accuracy {results['test']['accuracy']:.4f}" in again.stdout
+
+    # A changed training field retrains from scratch; strict refuses, naming the field.
+    strict = run_train(tmp_path, "--config.train.epochs=2", "--config.resume=strict")
+    assert strict.returncode != 0 and "train.epochs: 1 -> 2" in strict.stderr
+    longer = run_train(tmp_path, "--config.train.epochs=2")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    retrained = json.loads((tmp_path / "results.json").read_text())
+    assert retrained["epochs"] == 2 and retrained["steps"] == 2 * results["steps"]
+    assert len(retrained["history"]) == 2
 
 
 def test_train_script_fails_on_bad_config_before_any_work(tmp_path):

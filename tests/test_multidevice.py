@@ -28,7 +28,7 @@ def compare_meshes(workdir: str) -> None:
     model = models.get_model("vgg_small", widths=TINY_VGG)
     # SGD: updates are linear in the gradients, so float reassociation in the cross-device
     # reductions stays at rounding level (Adam's g / sqrt(v) would amplify it for tiny gradients).
-    optimizer = config_utils.base_config().optimizer
+    optimizer = config_utils.training_config().optimizer
     optimizer.update({"name": "sgd", "learning_rate": 0.05, "momentum": 0.9})
     tx = training.make_optimizer(optimizer, steps_per_epoch=10, epochs=2)
     state = training.create_train_state(model, tx, 0, (1, 8, 8, 1))

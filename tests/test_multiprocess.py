@@ -48,7 +48,7 @@ def initial_state() -> training.TrainState:
     """Tiny VGG with SGD: its updates are linear in the gradients, so reassociated cross-device
     sums stay at rounding level."""
     model = models.get_model("vgg_small", widths=TINY_VGG)
-    optimizer = config_utils.base_config().optimizer
+    optimizer = config_utils.training_config().optimizer
     optimizer.update({"name": "sgd", "learning_rate": 0.05, "momentum": 0.9})
     tx = training.make_optimizer(optimizer, steps_per_epoch=640 // BATCH_SIZE, epochs=EPOCHS)
     return training.create_train_state(model, tx, 0, (1, 8, 8, 1))
@@ -93,7 +93,7 @@ def train_worker(process_id: int, port: int, workdir: str) -> None:
     except Exception as err:  # Reported to the parent, which skips.
         print(UNAVAILABLE + repr(err), flush=True)
         sys.exit(3)
-    config = config_utils.base_config()
+    config = config_utils.training_config()
     config.train.multihost = True
     assert training.initialize_distributed(config)  # Already initialized: must be a no-op.
     assert jax.process_count() == NUM_PROCESSES and jax.device_count() == NUM_PROCESSES

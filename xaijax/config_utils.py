@@ -1,7 +1,8 @@
 """The training config schema and its validation.
 
-A training config (``configs/*.py``, ``get_config()``) is an ``ml_collections.ConfigDict`` with
-four sections; :func:`base_config` builds one with every field and its default:
+A training config is an ``ml_collections.ConfigDict`` with four sections; :func:`training_config`
+builds one with every field and its default (``xaijax.defaults.base_config``, which the
+``configs/*.py`` files start from, adds the experiment sections):
 
 * ``data``: ``name`` (see ``xaijax.data.DATASETS``), ``data_dir`` (None: environment variable or
   default location), ``validation_size`` (examples held out of the training split; 0: evaluate on
@@ -38,22 +39,11 @@ AUGMENTATIONS = ("none", "flip", "crop_flip")
 _DATASETS_WITH_FILES = ("fashion_mnist", "cifar10")
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """A config with every field at its default (the ``configs/`` files start from this).
-
-    Besides the training sections it holds the experiment sections ``prune``, ``share``,
-    ``quantize`` and ``compress`` (defaults from their modules), so that any of their fields can
-    be overridden from the command line (``--config.prune.conv_sparsity=0.6``).
-    """
-    from xaijax import pipeline  # Late import: the experiments import the training stack.
-    from xaijax.experiments import prune, quantize, share
-
+def training_config() -> ml_collections.ConfigDict:
+    """The training sections (``data``, ``model``, ``optimizer``, ``train``) and ``resume``, every
+    field at its default; ``xaijax.defaults.base_config`` adds the experiment sections."""
     config = ml_collections.ConfigDict()
     config.resume = "recompute"
-    config.prune = prune.defaults()
-    config.share = share.defaults()
-    config.quantize = quantize.defaults()
-    config.compress = pipeline.defaults()
     config.data = ml_collections.ConfigDict(
         {
             "name": "fashion_mnist",

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from xaijax._version import __version__
 from xaijax.checkpoint import write_json_atomic
 
 POLICIES: tuple[str, ...] = ("recompute", "strict")
@@ -99,8 +100,6 @@ class Fingerprint:
 
 def fingerprint(**parts: Any) -> Fingerprint:
     """The fingerprint of a unit of work whose inputs are ``parts`` (nested mappings allowed)."""
-    from xaijax import __version__
-
     return Fingerprint(flatten({"xaijax_version": __version__, **parts}))
 
 

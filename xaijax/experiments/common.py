@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from xaijax import checkpoint, data, provenance, training
+from xaijax import checkpoint, config_utils, data, provenance, training
 
 Variables = Mapping[str, Any]
 
@@ -71,6 +71,7 @@ def load_or_train(config: ml_collections.ConfigDict, trained_workdir: str | Path
     first (resumably, with ``training.train_and_evaluate``) when absent. The directory is tied to
     :func:`baseline_fingerprint`: trained under other fields, it is retrained (or, with
     ``config.resume='strict'``, refused)."""
+    config_utils.validate_config(config)  # Before the workdir is touched.
     trained_workdir = Path(trained_workdir)
     provenance.claim(
         trained_workdir,

@@ -30,7 +30,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, models, provenance, pruning, report, training
-from xaijax.experiments import common
+from xaijax.experiments import common, stage
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -690,3 +690,6 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], workdir: str | Path) -> list[P
                 )
             )
     return paths
+
+
+STAGE = stage.register(stage.Stage("prune", defaults, validate, run))

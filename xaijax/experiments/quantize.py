@@ -35,7 +35,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training
-from xaijax.experiments import common
+from xaijax.experiments import common, stage
 from xaijax.quantization import (
     STRATEGIES,
     SUPPORTED_BITS,
@@ -398,3 +398,6 @@ def run(
             )
     results["table"] = report.markdown_table(results["runs"], SUMMARY_COLUMNS)
     return results
+
+
+STAGE = stage.register(stage.Stage("quantize", defaults, validate, run))

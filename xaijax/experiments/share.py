@@ -33,7 +33,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training, weight_sharing
-from xaijax.experiments import common
+from xaijax.experiments import common, stage
 
 UNIFORM = "uniform"
 #: ``share`` fields that only locate the starting point (its variables digest stands for them).
@@ -407,3 +407,6 @@ def run(
     checkpoint.write_json_atomic(workdir / "results.json", results)
     results["table"] = write_outputs(workdir, results)
     return results
+
+
+STAGE = stage.register(stage.Stage("share", defaults, validate, run))
