@@ -87,20 +87,28 @@ def _window_views(a: Array, spec: _WindowSpec, pad_value: float) -> list[Array]:
     return views
 
 
-def _flatten_axes(a: Array, spec: _AxesSpec) -> Array:
-    kept = [d for d in range(a.ndim) if d not in spec.axes]
-    moved = jnp.transpose(a, kept + list(spec.axes))
-    return moved.reshape((*moved.shape[: len(kept)], -1))
+def _first_max_mask(z: Array, top: Array, spec: _AxesSpec) -> Array:
+    """Boolean mask, shaped like ``z``, of the first maximum (row-major over ``spec.axes``) of
+    every pooled group, whose maximum is ``top``. Elementwise ops and one small reduction only:
+    argmax, gather and scatter are slow on the CPU."""
+    flat_index = jnp.zeros((1,) * z.ndim, jnp.int32)
+    for d in spec.axes:
+        flat_index = flat_index * z.shape[d] + lax.broadcasted_iota(jnp.int32, z.shape, d)
+    is_max = z == jnp.expand_dims(top, spec.axes)
+    size = int(np.prod([z.shape[d] for d in spec.axes]))
+    first = jnp.min(jnp.where(is_max, flat_index, size), axis=spec.axes, keepdims=True)
+    return flat_index == first
 
 
-def _pool_winner(x: Array, reference: Array, spec: Any) -> tuple[Array, Array]:
-    """Per pooled output: index of the first maximum of ``max(x, ref)`` and ``x - ref`` there."""
+def _pool_winner(x: Array, reference: Array, top: Array, spec: Any) -> tuple[Array, Array]:
+    """Per pooled output, where ``max(x, ref)`` has its first maximum (``top``, the larger of
+    the two pooled values) and ``x - ref`` there: a window-offset index for a windowed pool, a
+    mask shaped like ``x`` for a max over axes."""
     x, reference = jnp.broadcast_arrays(x, reference)
     z, delta = jnp.maximum(x, reference), x - reference
     if isinstance(spec, _AxesSpec):
-        z, delta = _flatten_axes(z, spec), _flatten_axes(delta, spec)
-        index = jnp.argmax(z, axis=-1)
-        return index, jnp.take_along_axis(delta, index[..., None], axis=-1)[..., 0]
+        mask = _first_max_mask(z, top, spec)
+        return mask, _pool_gather(delta, mask, spec)
     z_views = _window_views(z, spec, -jnp.inf)
     delta_views = _window_views(delta, spec, 0.0)
     best, index, chosen = z_views[0], jnp.zeros(z_views[0].shape, jnp.int32), delta_views[0]
@@ -113,9 +121,10 @@ def _pool_winner(x: Array, reference: Array, spec: Any) -> tuple[Array, Array]:
 
 
 def _pool_gather(a: Array, index: Array, spec: Any) -> Array:
-    """The pooled-position values of ``a`` at ``index`` (linear in ``a``)."""
+    """The pooled-position values of ``a`` at ``index`` (a mask for a max over axes; linear in
+    ``a``)."""
     if isinstance(spec, _AxesSpec):
-        return jnp.take_along_axis(_flatten_axes(a, spec), index[..., None], axis=-1)[..., 0]
+        return jnp.sum(jnp.where(index, a, jnp.zeros_like(a)), axis=spec.axes)
     views = _window_views(a, spec, 0.0)
     return functools.reduce(
         jnp.add, (jnp.where(index == k, v, jnp.zeros_like(v)) for k, v in enumerate(views))
@@ -161,7 +170,8 @@ def _cross_max(eqn: _Eqn, x: Array, x_ref: Array, pooled_ref: Array) -> Array:
     """Max pooling by the cross-max rule (module docstring): exact summation-to-delta."""
     spec = _pool_spec(eqn)
     (pooled,) = _bind(eqn, [lax.stop_gradient(x)])
-    index, delta_in = _pool_winner(lax.stop_gradient(x), x_ref, spec)
+    top = jnp.maximum(pooled, pooled_ref)
+    index, delta_in = _pool_winner(lax.stop_gradient(x), x_ref, top, spec)
     delta_out = pooled - pooled_ref
     zero = delta_in == 0
     scale = jnp.where(zero, jnp.ones_like(delta_in), delta_out / jnp.where(zero, 1.0, delta_in))

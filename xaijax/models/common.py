@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xaijax.models import ops
+
 LayerKwargs = Mapping[str, Mapping[str, Any]]
 
 
@@ -61,6 +63,15 @@ def layer_extra_kwargs(layer_kwargs: LayerKwargs | None, name: str) -> dict[str,
     if layer_kwargs is None or name not in layer_kwargs:
         return {}
     return dict(layer_kwargs[name])
+
+
+def conv_extra_kwargs(layer_kwargs: LayerKwargs | None, name: str) -> dict[str, Any]:
+    """``layer_extra_kwargs`` of a conv layer; unless they bring their own convolution, the layer
+    uses :func:`xaijax.models.ops.conv_general_dilated` (the same numerics, faster on the CPU)."""
+    extra = layer_extra_kwargs(layer_kwargs, name)
+    if "conv_general_dilated" not in extra and "conv_general_dilated_cls" not in extra:
+        extra["conv_general_dilated"] = ops.conv_general_dilated
+    return extra
 
 
 def layer_costs(

@@ -7,10 +7,12 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 
+from xaijax.models import ops
 from xaijax.models.common import (
     LayerKwargs,
     LayerSpec,
     check_layer_names,
+    conv_extra_kwargs,
     layer_extra_kwargs,
     resolve_width,
 )
@@ -50,14 +52,14 @@ class LeNet5(nn.Module):
             return resolve_width(self.widths, name, LENET5_WIDTHS[name])
 
         def conv(name: str, padding: str) -> nn.Conv:
-            extra = layer_extra_kwargs(self.layer_kwargs, name)
+            extra = conv_extra_kwargs(self.layer_kwargs, name)
             return nn.Conv(width(name), (5, 5), padding=padding, name=name, **extra)
 
         def dense(name: str, features: int) -> nn.Dense:
             return nn.Dense(features, name=name, **layer_extra_kwargs(self.layer_kwargs, name))
 
-        x = nn.max_pool(nn.relu(conv("conv1", "SAME")(x)), (2, 2), strides=(2, 2))
-        x = nn.max_pool(nn.relu(conv("conv2", "VALID")(x)), (2, 2), strides=(2, 2))
+        x = ops.max_pool(nn.relu(conv("conv1", "SAME")(x)), (2, 2))
+        x = ops.max_pool(nn.relu(conv("conv2", "VALID")(x)), (2, 2))
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(dense("fc1", width("fc1"))(x))
         x = nn.relu(dense("fc2", width("fc2"))(x))

@@ -11,6 +11,7 @@ from xaijax.models.common import (
     LayerKwargs,
     LayerSpec,
     check_layer_names,
+    conv_extra_kwargs,
     layer_extra_kwargs,
     resolve_width,
 )
@@ -115,7 +116,7 @@ class ResNet(nn.Module):
         check_layer_names(self.layer_kwargs, names, "layer_kwargs")
 
         def conv_bn(name: str, features: int, kernel: int, stride: int, inputs: jax.Array):
-            extra = layer_extra_kwargs(self.layer_kwargs, name)
+            extra = conv_extra_kwargs(self.layer_kwargs, name)
             y = nn.Conv(
                 features,
                 (kernel, kernel),

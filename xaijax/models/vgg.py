@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 import flax.linen as nn
 import jax
 
+from xaijax.models import ops
 from xaijax.models.common import (
     LayerKwargs,
     LayerSpec,
     check_layer_names,
+    conv_extra_kwargs,
     layer_extra_kwargs,
     resolve_width,
 )
@@ -66,10 +68,10 @@ class VGG(nn.Module):
         names = iter(conv_names)
         for item in self.conv_plan:
             if item == POOL:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = ops.max_pool(x, (2, 2))
                 continue
             name = next(names)
-            extra = layer_extra_kwargs(self.layer_kwargs, name)
+            extra = conv_extra_kwargs(self.layer_kwargs, name)
             x = nn.Conv(resolve_width(self.widths, name, int(item)), (3, 3), name=name, **extra)(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"{name}_bn")(x)
             x = nn.relu(x)
