@@ -1,0 +1,24 @@
+"""The DeepLIFT study on LeNet-5 / Fashion-MNIST: the main job's settings, once per seed.
+
+Everything comes from ``configs/lenet5_fmnist.py`` (15 training epochs; four pruning criteria,
+hybrid 50% filters / 90% dense weights in two rounds of prune + 2 epochs; sharing at 2 and 4 bits;
+every bit-allocation strategy at 3 and 4 average bits). ``scripts/study.py --seeds=...`` sets
+every seed field (``xaijax.study.seed_config``); the seed here is only the default.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def _main_job_config() -> ml_collections.ConfigDict:
+    path = Path(__file__).with_name("lenet5_fmnist.py")
+    spec = importlib.util.spec_from_file_location("lenet5_fmnist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return _main_job_config()

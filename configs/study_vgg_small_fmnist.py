@@ -1,0 +1,54 @@
+"""The DeepLIFT study on the small VGG / Fashion-MNIST, sized for about 15-20 minutes per seed on
+2 CPU cores.
+
+Starts from ``configs/vgg_small_fmnist.py`` (SGD Nesterov, cosine, weight decay, flips). The full
+model trains at about 400 images/s on 2 busy cores (150 s an epoch; its 10 epochs took 52 minutes
+in docs/results.md), so the study halves every width (conv 16-16-32-32, fc 128: about 1,080
+images/s, under a minute an epoch) and trains 6 epochs instead of 10. Each seed then spends
+about 6 epochs training, 4 fine-tuning the four pruned models (1 round of prune + 1 epoch each;
+hybrid 50% filters / 90% dense weights, as for LeNet-5), and 14 short epochs on the shrunk model
+(4x fewer conv FLOPs): weight sharing at 2 and 4 bits for three importances and QAT for the four
+bit-allocation strategies at 3 and 4 bits. Scoring uses 2,000 training examples.
+
+Fine-tuning learning rates are for SGD with momentum (the defaults suit Adam): 5e-3 for pruning
+and QAT (a tenth of the training rate, the QAT default), 1e-3 for weight sharing.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def _vgg_config() -> ml_collections.ConfigDict:
+    path = Path(__file__).with_name("vgg_small_fmnist.py")
+    spec = importlib.util.spec_from_file_location("vgg_small_fmnist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = _vgg_config()
+    config.model.widths = {"conv1": 16, "conv2": 16, "conv3": 32, "conv4": 32, "fc1": 128}
+    config.train.epochs = 6
+
+    config.compress.criteria = ("deeplift", "magnitude", "taylor", "random")
+    config.compress.importance_examples = 1000
+    config.prune.granularity = "hybrid"
+    config.prune.conv_sparsity = 0.5
+    config.prune.dense_sparsity = 0.9
+    config.prune.num_examples = 2000
+    config.prune.iterations = 1
+    config.prune.finetune_epochs = 1
+    config.prune.finetune_learning_rate = 5e-3
+    config.share.bits = (2, 4)
+    config.share.importances = ("uniform", "magnitude", "deeplift")
+    config.share.num_examples = 2000
+    config.share.finetune_epochs = 1
+    config.share.finetune_learning_rate = 1e-3
+    config.quantize.budgets = (3.0, 4.0)
+    config.quantize.finetune_epochs = 1
+    config.quantize.importance_examples = 1000
+    config.quantize.hessian_examples = 1000
+    return config

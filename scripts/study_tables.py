@@ -1,0 +1,38 @@
+"""Regenerate a study's tables, summary JSON and figures from its raw rows alone.
+
+    python scripts/study_tables.py --rows=runs/study_lenet5/rows.jsonl \\
+        [--output=runs/study_lenet5/study.md] [--interval=t|bootstrap] [--confidence=0.95]
+
+Writes ``--output`` (Markdown), ``<output stem>.json`` and ``<output stem>_<stage>.png`` beside
+it. No JAX, no training: only ``xaijax.study`` over the rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags
+
+from xaijax import study
+
+_ROWS = flags.DEFINE_string("rows", None, "A study's rows.jsonl.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Markdown file to write (default: study.md beside --rows)."
+)
+_INTERVAL = flags.DEFINE_enum("interval", "t", list(study.INTERVALS), "Paired interval method.")
+_CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence level of the intervals.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    rows_path = Path(_ROWS.value)
+    output = Path(_OUTPUT.value) if _OUTPUT.value else rows_path.parent / "study.md"
+    rows = study.read_rows(rows_path)
+    study.write_report(rows, output, interval_method=_INTERVAL.value, confidence=_CONFIDENCE.value)
+    print(f"report: {output}", flush=True)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["rows"])
+    app.run(main)

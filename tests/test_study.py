@@ -1,0 +1,310 @@
+"""The study runner on digits: rows per seed x stage x method, resume without recomputation, and
+tables regenerated from rows alone whose statistics equal scipy's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from xaijax import study
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "digits_smoke.py"
+# Tiny widths, one epoch of training and of each fine-tuning, few examples: the plumbing is under
+# test, not the numbers (compilation dominates: about a minute per seed on 2 busy cores).
+CONFIG = f"""
+import importlib.util
+
+spec = importlib.util.spec_from_file_location("smoke", {str(SMOKE)!r})
+smoke = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(smoke)
+
+
+def get_config():
+    config = smoke.get_config()
+    config.model.widths = {{"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}}
+    config.train.epochs = 1
+    config.compress.criteria = ("deeplift", "magnitude")
+    config.compress.explain_examples = 1
+    config.compress.importance_examples = 32
+    config.prune.update(dict(num_examples=64, score_batch_size=64, finetune_epochs=1))
+    config.share.update(
+        dict(bits=(2,), importances=("uniform", "deeplift"), num_examples=64, finetune_epochs=1)
+    )
+    config.quantize.update(
+        dict(
+            budgets=(4.0,),
+            strategies=("uniform", "deeplift_sensitivity"),
+            finetune_epochs=1,
+            finetune_batch_size=64,
+            importance_examples=32,
+            importance_batch_size=32,
+            hessian_examples=32,
+            hessian_samples=1,
+        )
+    )
+    return config
+"""
+FIELDS = {
+    "seed",
+    "model",
+    "dataset",
+    "stage",
+    "method",
+    "setting",
+    "recipe",
+    "fingerprint",
+    "accuracy",
+    "accuracy_before_finetune",
+    "params",
+    "nonzero_params",
+    "flops",
+    "size_bytes",
+}
+METHODS = {
+    "baseline": {"float32"},
+    "prune": {"deeplift", "magnitude"},
+    "share": {"uniform", "deeplift"},
+    "quantize": {"uniform", "deeplift_sensitivity"},
+}
+
+
+def load_config(path: Path):
+    spec = importlib.util.spec_from_file_location("study_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def stamps(directory: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in directory.rglob("stage.json")}
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "study_digits.py"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def studied(config_file, tmp_path_factory):
+    """Seed 0 alone (a study interrupted after its first seed), then seeds 0 and 1, then seeds 0
+    and 1 again; the rows and stage.json times after each call."""
+    workdir = tmp_path_factory.mktemp("study") / "run"
+    calls = []
+    for seeds in ((0,), (0, 1), (0, 1)):
+        returned = study.run(load_config(config_file), workdir, seeds)
+        rows = study.read_rows(workdir / study.ROWS_FILE)
+        assert rows == json.loads(json.dumps(returned))
+        calls.append({"rows": rows, "stamps": stamps(workdir)})
+    return workdir, calls
+
+
+def test_rows_for_every_seed_stage_and_method(studied):
+    workdir, calls = studied
+    rows = calls[1]["rows"]
+    for seed in (0, 1):
+        for stage, methods in METHODS.items():
+            mine = [r for r in rows if r["seed"] == seed and r["stage"] == stage]
+            assert {r["method"] for r in mine} == methods, (seed, stage)
+    results = {s: json.loads((workdir / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)}
+    for row in rows:
+        assert set(row) >= FIELDS, row
+        assert (row["model"], row["dataset"]) == ("vgg_small", "digits")
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["size_bytes"] > 0
+        provenance = results[row["seed"]]["provenance"]
+        stage = f"prune/{row['method']}" if row["stage"] == "prune" else row["stage"]
+        assert row["fingerprint"] == provenance[stage]["fingerprint"]
+        if row["stage"] == "prune":
+            assert row["params"] >= row["nonzero_params"] > 0
+            assert row["flops"] > 0 and row["setting"]["conv_sparsity"] == 0.5
+            assert row["recipe"]["finetune_epochs"] == 1
+        if row["stage"] == "share":
+            assert row["setting"] == {"bits": 2}
+        if row["stage"] == "quantize":
+            assert row["setting"] == {"budget": 4.0}
+            assert set(row["layer_bits"]) == set(results[0]["quantize"]["layer_sizes"])
+    # Each seed trains its own baseline: the seeds' baselines differ.
+    fingerprints = {r["seed"]: r["fingerprint"] for r in rows if r["stage"] == "baseline"}
+    assert fingerprints[0] != fingerprints[1]
+    prune_seeds = {s: results[s]["prune"]["deeplift"]["prune"]["seed"] for s in (0, 1)}
+    assert prune_seeds == {0: 0, 1: 1}
+
+
+def test_an_interrupted_study_resumes_without_touching_finished_seeds(studied):
+    workdir, (first, second, _) = studied
+    assert {r["seed"] for r in first["rows"]} == {0}
+    assert [r for r in second["rows"] if r["seed"] == 0] == first["rows"]
+    seed0 = {p: t for p, t in second["stamps"].items() if "seed_0" in p.parts}
+    assert seed0 == first["stamps"]
+    assert not list(workdir.glob(".rows.jsonl.*"))  # no temporary file left behind
+
+
+def test_a_second_call_recomputes_nothing(studied):
+    _, (_, second, third) = studied
+    assert third["stamps"] == second["stamps"]
+    assert third["rows"] == second["rows"]
+
+
+def test_seed_config_sets_every_seed_field(config_file):
+    config = load_config(config_file)
+    seeded = study.seed_config(config, 7)
+    for path in study.SEED_FIELDS:
+        section, name = path.split(".")
+        assert seeded[section][name] == 7
+        assert config[section][name] == 0  # the original is left alone
+    assert isinstance(seeded.model.widths, dict)
+
+
+def scipy_interval(rows, stage, metric, ours, other):
+    by_seed = {
+        (r["method"], r["seed"]): r[metric]
+        for r in rows
+        if r["stage"] == stage and r["method"] in (ours, other)
+    }
+    seeds = sorted({s for _, s in by_seed})
+    a = [by_seed[ours, s] for s in seeds]
+    b = [by_seed[other, s] for s in seeds]
+    ci = scipy.stats.ttest_rel(a, b).confidence_interval(0.95)
+    return np.mean(np.subtract(a, b)), ci.low, ci.high
+
+
+def test_tables_regenerate_from_rows_alone_with_scipy_statistics(studied, tmp_path):
+    workdir, calls = studied
+    rows = calls[1]["rows"]
+    alone = tmp_path / "rows.jsonl"
+    shutil.copy(workdir / study.ROWS_FILE, alone)
+    output = tmp_path / "tables" / "study.md"
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "study_tables.py"),
+        f"--rows={alone}",
+        f"--output={output}",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = output.read_text()
+    summary = json.loads(output.with_suffix(".json").read_text())
+    assert "95% paired t" in text
+    assert any(word in text for word in (" wins against ", " ties with ", " loses to "))
+    for stage in ("prune", "share", "quantize"):
+        assert (output.parent / f"study_{stage}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"](study_{stage}.png)" in text
+    assert summary.pop("figures") == [f"study_{s}.png" for s in ("prune", "share", "quantize")]
+    assert summary == study.summarize(rows)
+
+    checked = 0
+    for cell in summary["cells"]:
+        for entry in cell["methods"]:
+            values = [
+                r["accuracy"]
+                for r in rows
+                if r["stage"] == cell["stage"] and r["method"] == entry["method"]
+            ]
+            assert entry["n"] == len(values) == 2
+            assert entry["accuracy"]["mean"] == pytest.approx(np.mean(values))
+            assert entry["accuracy"]["std"] == pytest.approx(np.std(values, ddof=1))
+        for c in cell["comparisons"]:
+            mean, low, high = scipy_interval(
+                rows, cell["stage"], c["metric"], c["method"], c["against"]
+            )
+            assert c["mean"] == pytest.approx(mean, abs=1e-12)
+            if math.isnan(low):  # equal differences: scipy gives nan, we give the point [d, d]
+                assert c["low"] == c["high"] == pytest.approx(mean, abs=1e-12)
+            else:
+                assert (c["low"], c["high"]) == pytest.approx((low, high))
+            verdict = "wins" if c["low"] > 0 else "loses" if c["high"] < 0 else "ties"
+            assert c["verdict"] == verdict
+            row = f"| {c['n']} | {c['mean']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}] |"
+            assert row in text
+            checked += 1
+    assert checked == 2 * 3  # two metrics x (prune, share, quantize), one baseline each
+
+
+def synthetic_rows(accuracies: dict[str, list[float]], stage: str = "prune") -> list[dict]:
+    return [
+        {
+            "seed": seed,
+            "model": "m",
+            "dataset": "d",
+            "stage": stage,
+            "method": method,
+            "setting": {"bits": 2},
+            "recipe": {"finetune_epochs": 1},
+            "fingerprint": "f",
+            "accuracy": value,
+            "accuracy_before_finetune": value / 2,
+            "params": None,
+            "nonzero_params": None,
+            "flops": None,
+            "size_bytes": 100,
+        }
+        for method, values in accuracies.items()
+        for seed, value in enumerate(values)
+    ]
+
+
+def test_strongest_baseline_is_the_best_non_deeplift_method():
+    rows = synthetic_rows(
+        {
+            "deeplift": [0.80, 0.82, 0.81],
+            "deeplift_shap": [0.90, 0.91, 0.92],
+            "magnitude": [0.70, 0.72, 0.74],
+            "taylor": [0.79, 0.80, 0.83],
+        }
+    )
+    (cell,) = study.summarize(rows)["cells"]
+    accuracy = [c for c in cell["comparisons"] if c["metric"] == "accuracy"]
+    assert [c["against"] for c in accuracy] == ["deeplift_shap", "taylor", "magnitude"]
+    assert [c["strongest"] for c in accuracy] == [False, True, False]
+    assert [c["verdict"] for c in accuracy] == ["loses", "ties", "wins"]
+    text = study.tables(rows)
+    assert "taylor (strongest baseline)" in text
+    assert "deeplift wins against magnitude" in text
+    assert "deeplift loses to deeplift_shap" in text
+
+
+def test_one_seed_gives_means_without_intervals():
+    rows = synthetic_rows({"deeplift": [0.8], "magnitude": [0.7]})
+    (cell,) = study.summarize(rows)["cells"]
+    assert cell["methods"][0]["accuracy"] == {"mean": 0.8, "std": None}
+    assert {c["verdict"] for c in cell["comparisons"]} == {"n/a"}
+    assert "n/a (1 common seeds; an interval needs 2)" in study.tables(rows)
+
+
+def test_bootstrap_tables_name_their_interval():
+    rows = synthetic_rows({"deeplift": [0.80, 0.82, 0.81], "magnitude": [0.70, 0.72, 0.74]})
+    text = study.tables(rows, interval_method="bootstrap")
+    assert "95% paired percentile bootstrap interval" in text
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda rows: rows.append(dict(rows[0])), "two rows for method 'deeplift' and seed 0"),
+        (lambda rows: rows[1].update(recipe={"finetune_epochs": 2}), "disagree on the fine-tuning"),
+        (lambda rows: rows[0].update(stage="distill"), "unknown stage 'distill'"),
+    ],
+)
+def test_inconsistent_rows_are_refused(edit, message):
+    rows = synthetic_rows({"deeplift": [0.80, 0.82], "magnitude": [0.70, 0.72]})
+    edit(rows)
+    with pytest.raises(ValueError, match=message):
+        study.summarize(rows)
+
+
+def test_bad_seeds_are_refused():
+    for seeds, message in (((), "at least one seed"), ((0, 0), "distinct"), ((-1,), ">= 0")):
+        with pytest.raises(ValueError, match=message):
+            study.check_seeds(seeds)
