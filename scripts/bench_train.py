@@ -50,7 +50,7 @@ def staged_train_pass(
         state = holder[0]
         for i in range(steps):
             state, metrics = training.train_step_staged(
-                state, images, labels, np.int32(i), None, None
+                state, images, labels, np.int32(i), None
             )
         jax.block_until_ready((state, metrics))
         holder[0] = state

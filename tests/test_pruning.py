@@ -395,13 +395,16 @@ def test_pruned_weights_stay_zero_through_fit(tmp_path):
     weight = pruning.weight_masks(weight_scores, 0.5)
     mask = pruning.params_mask(specs, variables["params"], unit, weight_masks=weight)
     masked = pruning.mask_variables(specs, variables, unit, weight_masks=weight)
-    state = training.create_train_state(
-        model, optax.adam(1e-2), 0, (1, *LENET_SHAPE), variables=masked
-    )
+    tx = optax.chain(optax.adam(1e-2), pruning.keep_pruned(mask))
+    state = training.create_train_state(model, tx, 0, (1, *LENET_SHAPE), variables=masked)
     ds = synthetic()
-    state, _ = training.fit(
-        state, ds, None, workdir=tmp_path, epochs=2, batch_size=16, mask=mask, progress=False
-    )
+    state, _ = training.fit(state, ds, None, workdir=tmp_path, epochs=2, batch_size=16)
+    # Resumed from its checkpoint (the mask restored with the optimizer state), it keeps going.
+    again = training.create_train_state(model, tx, 0, (1, *LENET_SHAPE), variables=masked)
+    resumed, _ = training.fit(again, ds, None, workdir=tmp_path, epochs=3, batch_size=16)
+    restored_mask = resumed.opt_state[1].mask
+    jax.tree.map(np.testing.assert_array_equal, restored_mask, jax.tree.map(np.asarray, mask))
+    state = resumed
     params = jax.device_get(state.params)
     zero = jax.tree.map(lambda m: np.asarray(m) == 0, mask)
     jax.tree.map(lambda p, z: np.testing.assert_array_equal(np.asarray(p)[z], 0.0), params, zero)
@@ -419,15 +422,15 @@ def test_iterative_prune_grows_masks_to_target():
     variables = init(model, LENET_SHAPE)
     specs = model.layer_specs()
     ds = synthetic(32)
-    tx = optax.sgd(1e-2)
     seen_masks = []
 
     def finetune(current, mask):
         seen_masks.append(mask)
+        tx = optax.chain(optax.sgd(1e-2), pruning.keep_pruned(mask))
         state = training.create_train_state(model, tx, 0, (1, *LENET_SHAPE), variables=current)
         for i in range(2):
             state, _ = training.train_step(
-                state, ds.images[i * 16 : (i + 1) * 16], ds.labels[i * 16 : (i + 1) * 16], mask
+                state, ds.images[i * 16 : (i + 1) * 16], ds.labels[i * 16 : (i + 1) * 16]
             )
         return state.variables
 

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from xaijax import checkpoint, data, models, training
+from xaijax import checkpoint, data, models, pruning, training
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VGG = {"conv1": 8, "conv2": 8, "conv3": 16, "conv4": 16, "fc1": 32}
@@ -96,11 +96,9 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(digits):
 
 def test_mask_keeps_pruned_weights_exactly_zero(lenet):
     model, variables = lenet
-    tx = optax.adam(1e-2)
-    state = training.create_train_state(model, tx, 1, (1, 28, 28, 1), variables=variables)
     rng = np.random.default_rng(0)
-    conv_mask = rng.integers(0, 2, state.params["conv1"]["kernel"].shape).astype(np.float32)
-    fc_mask = rng.integers(0, 2, state.params["fc1"]["kernel"].shape).astype(np.float32)
+    conv_mask = rng.integers(0, 2, variables["params"]["conv1"]["kernel"].shape).astype(np.float32)
+    fc_mask = rng.integers(0, 2, variables["params"]["fc1"]["kernel"].shape).astype(np.float32)
     mask = {
         "conv1": {"kernel": conv_mask, "bias": None},
         "conv2": None,
@@ -108,11 +106,13 @@ def test_mask_keeps_pruned_weights_exactly_zero(lenet):
         "fc2": None,
         "fc3": None,
     }
+    tx = optax.chain(optax.adam(1e-2), pruning.keep_pruned(mask))
+    state = training.create_train_state(model, tx, 1, (1, 28, 28, 1), variables=variables)
     synthetic = data.load_dataset("synthetic", "train")
     new = state
     for i in range(3):
         batch = slice(i * 32, (i + 1) * 32)
-        new, _ = training.train_step(new, synthetic.images[batch], synthetic.labels[batch], mask)
+        new, _ = training.train_step(new, synthetic.images[batch], synthetic.labels[batch])
     for name, m in (("conv1", conv_mask), ("fc1", fc_mask)):
         kernel = np.asarray(new.params[name]["kernel"])
         assert np.all(kernel[m == 0] == 0.0)
@@ -125,7 +125,7 @@ def test_mask_with_wrong_shape_is_rejected(lenet):
     _, variables = lenet
     bad = jax.tree.map(lambda p: np.ones((*p.shape[:-1], p.shape[-1] + 1)), variables["params"])
     with pytest.raises(ValueError, match=r"mask at .*has shape"):
-        training.check_mask(variables["params"], bad)
+        pruning.keep_pruned(bad).init(variables["params"])
 
 
 def test_create_train_state_checks_given_variables(lenet):

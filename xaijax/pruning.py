@@ -35,12 +35,13 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from xaijax.models import LayerSpec, layer_costs
 
@@ -687,6 +688,62 @@ def masks_by_kind(
     return units, weights
 
 
+class KeepPrunedState(NamedTuple):
+    """The mask a :func:`keep_pruned` transform enforces (checkpointed with the optimizer)."""
+
+    mask: Any
+
+
+def _check_mask(params: Any, mask: Any) -> None:
+    """``ValueError`` unless every mask array has its parameter's shape."""
+
+    def check(path: Any, m: Any, p: Any) -> None:
+        if m is not None and np.shape(m) != np.shape(p):
+            raise ValueError(
+                f"mask at {jax.tree_util.keystr(path)} has shape {np.shape(m)}, the parameter "
+                f"has {np.shape(p)}"
+            )
+
+    try:
+        jax.tree_util.tree_map_with_path(check, mask, params, is_leaf=lambda x: x is None)
+    except (ValueError, TypeError) as err:
+        if "mask at" in str(err):
+            raise
+        raise ValueError(f"mask must be shaped like params (or a prefix of it): {err}") from err
+
+
+def keep_pruned(mask: Any) -> optax.GradientTransformation:
+    """An optax transform that keeps pruned parameters exactly zero.
+
+    ``mask``: 0/1 arrays shaped like the parameters (or a prefix of their tree, ``None`` leaving a
+    subtree alone). Chained last (``optax.chain(..., optimizer, keep_pruned(mask))``) it maps
+    ``u -> u * m - p * (1 - m)``, so ``p + u`` is ``p + u`` where ``m = 1`` and exactly 0 where
+    ``m = 0``, whatever the optimizer proposed and whatever the parameter held. The mask lives in
+    the transform's state, so it is checkpointed and restored with the optimizer state.
+    """
+
+    def init(params: Any) -> KeepPrunedState:
+        _check_mask(params, mask)
+        return KeepPrunedState(
+            jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mask)  # None: not a leaf
+        )
+
+    def update(updates: Any, state: KeepPrunedState, params: Any = None) -> tuple[Any, Any]:
+        if params is None:
+            raise ValueError("keep_pruned needs the parameters: call update(..., params)")
+
+        def keep(m: Any, u: Any, p: Any) -> Any:
+            if m is None:
+                return u
+            return jax.tree.map(
+                lambda ul, pl: ul * m.astype(ul.dtype) - pl * (1 - m).astype(pl.dtype), u, p
+            )
+
+        return jax.tree.map(keep, state.mask, updates, params, is_leaf=lambda x: x is None), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def kept_count(mask: Any) -> int:
     """Entries a params mask keeps: the non-zero parameters of the masked model."""
     return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf in jax.tree.leaves(mask)))
@@ -758,8 +815,8 @@ def iterative_prune(
     Round ``t`` scores the current (masked, fine-tuned) variables with ``score_fn(variables,
     "unit" | "weight")``, grows the masks to ``fraction_t * target`` (:func:`schedule_fractions`;
     anything pruned earlier stays pruned), zeroes the masked variables and calls
-    ``finetune_fn(variables, params_mask)``, which must keep masked entries zero (e.g.
-    ``xaijax.training.fit(..., mask=params_mask)``). Targets: ``conv_sparsity`` and
+    ``finetune_fn(variables, params_mask)``, which must keep masked entries zero (e.g. an
+    optimizer chained with :func:`keep_pruned`). Targets: ``conv_sparsity`` and
     ``dense_sparsity`` (each defaults to ``target_sparsity``); ``granularity`` as in
     :func:`masks_by_kind`. ``param_budget`` (equal size across criteria): the last round's dense
     sparsity is chosen (:func:`match_sparsity`) so that the model keeps at most, and as close as

@@ -15,11 +15,11 @@ transformation yourself and hand it to :func:`create_train_state`::
 
     tx = optax.chain(my_grad_transform, make_optimizer(config.optimizer, steps_per_epoch, epochs))
     state = create_train_state(model, tx, rng, sample_images, variables=loaded_variables)
-    state, history = fit(state, train_ds, test_ds, workdir=..., epochs=..., batch_size=..., mask=m)
+    state, history = fit(state, train_ds, test_ds, workdir=..., epochs=..., batch_size=...)
 
-Masks (pruning): ``mask`` is a pytree shaped like ``params`` (or a prefix of it) with 0/1 arrays,
-``None`` marking unmasked subtrees; after every optimizer update ``params <- params * mask``, so
-pruned weights stay exactly zero whatever the optimizer does.
+Masks (pruning) are optax transforms too: chain ``xaijax.pruning.keep_pruned(mask)`` after the
+optimizer and pruned weights stay exactly zero; the mask travels (and is checkpointed) in the
+optimizer state.
 """
 
 from __future__ import annotations
@@ -219,48 +219,13 @@ def make_optimizer(
 # ----------------------------------------------------------------------------- steps
 
 
-def apply_mask(params: Any, mask: Any) -> Any:
-    """``params * mask`` leafwise; ``mask`` may be a prefix of ``params`` with ``None`` for
-    subtrees left alone; ``mask=None`` returns ``params``."""
-    if mask is None:
-        return params
-    return jax.tree.map(
-        lambda m, p: p if m is None else jax.tree.map(lambda leaf: leaf * m.astype(leaf.dtype), p),
-        mask,
-        params,
-        is_leaf=lambda x: x is None,
-    )
-
-
-def check_mask(params: Any, mask: Any) -> None:
-    """Raise ``ValueError`` unless every mask array has its parameter's shape."""
-    if mask is None:
-        return
-
-    def check(path: Any, m: Any, p: Any) -> None:
-        if m is None:
-            return
-        if np.shape(m) != np.shape(p):
-            raise ValueError(
-                f"mask at {jax.tree_util.keystr(path)} has shape {np.shape(m)}, the parameter "
-                f"has {np.shape(p)}"
-            )
-
-    try:
-        jax.tree_util.tree_map_with_path(check, mask, params, is_leaf=lambda x: x is None)
-    except (ValueError, TypeError) as err:
-        if "mask at" in str(err):
-            raise
-        raise ValueError(f"mask must be shaped like params (or a prefix of it): {err}") from err
-
-
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example ``-log softmax(logits)[label]``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def _train_step(
-    state: TrainState, images: jax.Array, labels: jax.Array, mask: Any, augment: AugmentFn | None
+    state: TrainState, images: jax.Array, labels: jax.Array, augment: AugmentFn | None
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     chex.assert_rank(images, 4)
     chex.assert_rank(labels, 1)
@@ -285,7 +250,7 @@ def _train_step(
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = apply_mask(optax.apply_updates(state.params, updates), mask)
+    params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
@@ -302,13 +267,12 @@ def train_step(
     state: TrainState,
     images: jax.Array,
     labels: jax.Array,
-    mask: Any = None,
     *,
     augment: AugmentFn | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a batch; returns the new state and ``{loss, accuracy, grad_norm}``
     (loss and accuracy of the batch before the update)."""
-    return _train_step(state, images, labels, mask, augment)
+    return _train_step(state, images, labels, augment)
 
 
 @functools.partial(jax.jit, static_argnames=("augment",), donate_argnums=(0,))
@@ -317,7 +281,6 @@ def train_step_staged(
     staged_images: jax.Array,
     staged_labels: jax.Array,
     index: jax.Array,
-    mask: Any,
     augment: AugmentFn | None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_step`` on batch ``index`` of device-resident ``[steps, B, ...]`` arrays (see
@@ -325,7 +288,7 @@ def train_step_staged(
     compiled step avoids a host round trip per batch."""
     images = jax.lax.dynamic_index_in_dim(staged_images, index, keepdims=False)
     labels = jax.lax.dynamic_index_in_dim(staged_labels, index, keepdims=False)
-    return _train_step(state, images, labels, mask, augment)
+    return _train_step(state, images, labels, augment)
 
 
 def _weighted_sums(
@@ -552,7 +515,6 @@ def fit(
     epochs: int,
     batch_size: int,
     seed: int = 0,
-    mask: Any = None,
     checkpoint_every_steps: int = 0,
     keep: int = 3,
     eval_batch_size: int = 500,
@@ -590,7 +552,6 @@ def fit(
     ):
         if not isinstance(value, int | np.integer) or value < minimum:
             raise ValueError(f"fit: {name} must be an integer >= {minimum}, got {value!r}")
-    check_mask(state.params, mask)
     mesh = make_mesh() if mesh is None else mesh
     local_batch = _local_batch_size(batch_size, mesh, "batch_size")
     local_train = data.shard_for_host(train_ds, jax.process_index(), jax.process_count())
@@ -607,8 +568,6 @@ def fit(
     if manager.latest_step() is not None:
         state = replicate(checkpoint.restore_train_state(manager, state), mesh)
         logger.info("resumed from %s at step %d", manager.directory, int(state.step))
-    mask = None if mask is None else replicate(mask, mesh)
-    state = state.replace(params=apply_mask(state.params, mask))
     staged_eval = None if eval_ds is None else _stage_eval(eval_ds, eval_batch_size, mesh)
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -660,7 +619,7 @@ def fit(
                 )
                 for i in range(chunk_indices.shape[0]):
                     state, metrics = train_step_staged(
-                        state, images, labels, np.int32(i), mask, augment
+                        state, images, labels, np.int32(i), augment
                     )
                     step += 1
                     pending.append((step, metrics))

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from xaijax import checkpoint, config_utils, data, provenance, training
+from xaijax import checkpoint, config_utils, data, provenance, pruning, training
 
 Variables = Mapping[str, Any]
 
@@ -185,10 +185,10 @@ def finetune(
     """Fine-tune ``variables`` of ``model`` with the config's optimizer at ``learning_rate``.
 
     ``gradient_transform`` (e.g. weight sharing's tied cluster gradients) runs before the
-    optimizer; ``mask`` is re-applied after every update. Resumable in ``workdir``, which is tied
-    to ``unit`` (what the caller's unit of work is: the model and method) extended by
-    :func:`finetune_settings` and the digests of ``variables`` and ``mask``. Returns the
-    fine-tuned variables on the host (``variables`` unchanged when ``epochs == 0``).
+    optimizer and ``xaijax.pruning.keep_pruned(mask)`` after it, so masked weights stay zero.
+    Resumable in ``workdir``, which is tied to ``unit`` (the caller's unit of work: model and
+    method) extended by :func:`finetune_settings` and the digests of ``variables`` and ``mask``.
+    Returns the fine-tuned variables on the host (``variables`` unchanged when ``epochs == 0``).
     """
     if epochs == 0:
         return dict(variables)
@@ -216,8 +216,12 @@ def finetune(
     optimizer.schedule = schedule
     optimizer.warmup_epochs = 0.0
     tx = training.make_optimizer(optimizer, splits.train.num_examples // batch_size, epochs)
-    if gradient_transform is not None:
-        tx = optax.chain(gradient_transform, tx)
+    parts = [
+        *([] if gradient_transform is None else [gradient_transform]),
+        tx,
+        *([] if mask is None else [pruning.keep_pruned(mask)]),
+    ]
+    tx = parts[0] if len(parts) == 1 else optax.chain(*parts)
     sample = (1, *splits.train.images.shape[1:])
     seed = settings["seed"]
     state = training.create_train_state(model, tx, seed, sample, variables=variables)
@@ -229,7 +233,6 @@ def finetune(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
-        mask=mask,
         eval_batch_size=config.train.eval_batch_size,
         log_every_steps=config.train.log_every_steps,
         augment=training.augment_from_config(config),
