@@ -15,6 +15,7 @@ from xaijax.quantization import (
     SUPPORTED_BITS,
     Budget,
     allocate_bits,
+    allocation,
     allocation_bits,
     budget_in_bits,
     deeplift_sensitivity,
@@ -212,3 +213,29 @@ def test_hutchinson_trace_of_quadratic():
         delta = kernel - fake_quantize(kernel, b)
         assert table["a"][b] == pytest.approx(traces["a"] / 6 * float(jnp.sum(delta**2)), rel=1e-5)
     assert hessian_sensitivity({"a": {"kernel": kernel}}, {"a": -3.0})["a"][2] == 0.0
+
+
+def test_a_registered_strategy_is_usable_by_name_and_gets_its_declared_table():
+    from xaijax.quantization import Strategy, get_strategy, register_strategy
+
+    seen = {}
+
+    def least_important_first(sizes, total_bits, choices, table):
+        seen["table"] = table
+        inverted = {name: -value for name, value in table.items()}
+        return allocation.rank_allocation(sizes, inverted, total_bits, choices)
+
+    strategy = Strategy("test_least_important_first", least_important_first, "layer_importance")
+    assert register_strategy(strategy) is get_strategy("test_least_important_first")
+    importance = {name: float(i) for i, name in enumerate(SIZES)}
+    bits = allocate_bits("test_least_important_first", SIZES, 4.0, importance=importance)
+    assert seen["table"] is importance
+    assert bits == allocation.rank_allocation(
+        SIZES, {n: -v for n, v in importance.items()}, 4 * sum(SIZES.values()), SUPPORTED_BITS
+    )
+    with pytest.raises(ValueError, match="needs importance="):
+        allocate_bits("test_least_important_first", SIZES, 4.0)
+    with pytest.raises(ValueError, match="test_least_important_first"):
+        allocate_bits("nope", SIZES, 4.0)
+    with pytest.raises(ValueError, match="already registered"):
+        register_strategy(Strategy("uniform", least_important_first))

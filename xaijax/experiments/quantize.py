@@ -46,6 +46,7 @@ from xaijax.quantization import (
     dequantize,
     directory_size,
     export_integer_model,
+    get_strategy,
     hessian_sensitivity,
     hutchinson_traces,
     layer_importance,
@@ -55,7 +56,6 @@ from xaijax.quantization import (
     save_integer_model,
 )
 
-SENSITIVITY_OF = {"deeplift_sensitivity": "deeplift_sensitivity", "hessian": "hessian_sensitivity"}
 SUMMARY_COLUMNS = ("strategy", "budget", "avg_bits", "ptq_accuracy", "qat_accuracy", "disk_bytes")
 
 
@@ -85,9 +85,10 @@ def defaults() -> ml_collections.ConfigDict:
 
 def validate(q: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` naming the first bad ``config.quantize`` field (before any work)."""
-    bad = sorted(set(q.strategies) - set(STRATEGIES))
-    if bad or not q.strategies:
-        raise ValueError(f"config.quantize.strategies must be some of {STRATEGIES}, got {bad}")
+    if not q.strategies:
+        raise ValueError("config.quantize.strategies is empty")
+    for name in q.strategies:
+        get_strategy(name)  # raises naming the registered strategies
     if not q.budgets:
         raise ValueError("config.quantize.budgets is empty")
     probe = {"layer": 1}
@@ -361,10 +362,7 @@ def run(
                 strategy,
                 sizes,
                 float(budget),
-                sensitivity=tables[SENSITIVITY_OF[strategy]]
-                if strategy in SENSITIVITY_OF
-                else None,
-                importance=tables["layer_importance"],
+                table=tables.get(get_strategy(strategy).needs),
                 bit_choices=tuple(q.bit_choices),
             )
             key = allocation_key(bits, q.activation_bits)

@@ -13,9 +13,12 @@
 from xaijax.quantization.allocation import (
     STRATEGIES,
     Budget,
+    Strategy,
     allocate_bits,
     allocation_bits,
     budget_in_bits,
+    get_strategy,
+    register_strategy,
     solve_multiple_choice_knapsack,
 )
 from xaijax.quantization.backend import (
@@ -64,6 +67,7 @@ __all__ = [
     "Budget",
     "QuantizationBackend",
     "ReferenceBackend",
+    "Strategy",
     "allocate_bits",
     "allocation_bits",
     "aqt_dot_general_config",
@@ -76,6 +80,7 @@ __all__ = [
     "export_integer_model",
     "fake_quantize",
     "fake_quantize_params",
+    "get_strategy",
     "hessian_sensitivity",
     "hutchinson_traces",
     "integer_kernel",
@@ -90,6 +95,7 @@ __all__ = [
     "quantize_kernel",
     "quantized_layer_kwargs",
     "quantized_model",
+    "register_strategy",
     "save_integer_model",
     "solve_multiple_choice_knapsack",
     "unpack_bits",

@@ -13,19 +13,24 @@ Strategies:
   ``sum_l n_l * b_l <= budget`` exactly, by dynamic programming over integer cost units (a
   multiple-choice knapsack); the two differ only in the sensitivity table ``s`` (see
   ``xaijax.quantization.sensitivity``).
+
+Strategies are registered :class:`Strategy` objects: each names the per-layer table it reads
+(``layer_importance``, ``deeplift_sensitivity``, ``hessian_sensitivity`` or none), so adding one is
+a function and a :func:`register_strategy` call; the quantization experiment hands every strategy
+the table it declares.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from xaijax.quantization.backend import SUPPORTED_BITS, check_bits
 
-STRATEGIES = ("uniform", "deeplift_rank", "deeplift_sensitivity", "hessian")
 SensitivityTable = Mapping[str, Mapping[int, float]]
 
 
@@ -212,33 +217,81 @@ def optimal_allocation(
     return {name: bit_choices[k] for name, k in zip(names, picked, strict=True)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """A bit-allocation strategy: ``allocate(layer_sizes, total_bits, bit_choices, table)`` returns
+    bits per layer within ``total_bits``; ``table`` is the per-layer table the strategy declares
+    in ``needs`` (``"layer_importance"``: layer -> importance; a sensitivity table: layer -> bits
+    -> expected loss), or None when ``needs`` is None."""
+
+    name: str
+    allocate: Callable[[dict[str, int], int, tuple[int, ...], Any], dict[str, int]]
+    needs: str | None = None
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(strategy: Strategy) -> Strategy:
+    """Make ``strategy`` available by name to :func:`allocate_bits` and the experiments."""
+    if strategy.name in _REGISTRY and _REGISTRY[strategy.name] != strategy:
+        raise ValueError(f"an allocation strategy named {strategy.name!r} is already registered")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy ``name``; ``ValueError`` naming the registered ones otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown allocation strategy {name!r}; choose one of {tuple(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _uniform(sizes: dict[str, int], total: int, choices: tuple[int, ...], _: Any) -> dict:
+    return uniform_allocation(sizes, total, choices)
+
+
+def _by_rank(sizes: dict[str, int], total: int, choices: tuple[int, ...], table: Any) -> dict:
+    return rank_allocation(sizes, table, total, choices)
+
+
+def _optimal(sizes: dict[str, int], total: int, choices: tuple[int, ...], table: Any) -> dict:
+    return optimal_allocation(sizes, table, total, choices)
+
+
+register_strategy(Strategy("uniform", _uniform))
+register_strategy(Strategy("deeplift_rank", _by_rank, "layer_importance"))
+register_strategy(Strategy("deeplift_sensitivity", _optimal, "deeplift_sensitivity"))
+register_strategy(Strategy("hessian", _optimal, "hessian_sensitivity"))
+
+#: The built-in strategies (others may be registered).
+STRATEGIES: tuple[str, ...] = tuple(_REGISTRY)
+
+
 def allocate_bits(
     strategy: str,
     layer_sizes: Mapping[str, int],
     budget: float | Budget,
     *,
+    table: Any = None,
     sensitivity: SensitivityTable | None = None,
     importance: Mapping[str, float] | None = None,
     bit_choices: Sequence[int] = SUPPORTED_BITS,
 ) -> dict[str, int]:
     """Bits per layer for ``strategy`` within ``budget`` (average bits per weight or a ``Budget``).
 
-    ``layer_sizes`` maps layer name -> number of kernel weights. ``deeplift_rank`` needs
-    ``importance`` (layer name -> DeepLIFT importance per weight); ``deeplift_sensitivity`` and
-    ``hessian`` need ``sensitivity`` (layer name -> bits -> expected loss of quantizing that layer
-    at that width). The result never exceeds the budget.
+    ``layer_sizes`` maps layer name -> number of kernel weights. The strategy's declared table
+    (:class:`Strategy`) is ``table``; ``importance`` (layer -> DeepLIFT importance per weight) and
+    ``sensitivity`` (layer -> bits -> expected loss of quantizing that layer at that width) name
+    it for the built-in strategies. The result never exceeds the budget.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown allocation strategy {strategy!r}; choose one of {STRATEGIES}")
+    chosen = get_strategy(strategy)
     sizes = _check_layer_sizes(layer_sizes)
     choices = _check_bit_choices(bit_choices)
     total_bits = budget_in_bits(budget, sizes, choices)
-    if strategy == "uniform":
-        return uniform_allocation(sizes, total_bits, choices)
-    if strategy == "deeplift_rank":
-        if importance is None:
-            raise ValueError("strategy 'deeplift_rank' needs importance= (layer -> importance)")
-        return rank_allocation(sizes, importance, total_bits, choices)
-    if sensitivity is None:
-        raise ValueError(f"strategy {strategy!r} needs sensitivity= (layer -> bits -> value)")
-    return optimal_allocation(sizes, sensitivity, total_bits, choices)
+    if table is None:
+        table = importance if chosen.needs == "layer_importance" else sensitivity
+    if chosen.needs is not None and table is None:
+        keyword = "importance" if chosen.needs == "layer_importance" else "sensitivity"
+        raise ValueError(f"strategy {strategy!r} needs {keyword}= (its {chosen.needs} table)")
+    return chosen.allocate(sizes, total_bits, choices, table)
