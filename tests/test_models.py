@@ -171,3 +171,35 @@ def test_batchnorm_train_mode_updates_statistics():
     before = variables["batch_stats"]["conv1_bn"]["mean"]
     assert not np.allclose(updates["batch_stats"]["conv1_bn"]["mean"], before)
     assert isinstance(model, nn.Module)
+
+
+def test_every_zoo_model_meets_the_protocol_and_a_registered_model_builds_by_name():
+    import flax.linen as nn
+
+    from xaijax.config_utils import validate_config
+    from xaijax.defaults import base_config
+
+    for name in models.MODEL_NAMES:
+        assert isinstance(models.get_model(name), models.PrunableModel), name
+
+    class Tiny(nn.Module):
+        num_classes: int = 10
+        widths: dict | None = None
+        layer_kwargs: dict | None = None
+
+        def layer_specs(self):
+            return (models.LayerSpec("fc", "dense", is_classifier=True),)
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.Dense(self.num_classes, name="fc")(x.reshape(x.shape[0], -1))
+
+    models.register_model("test_tiny", Tiny)
+    assert isinstance(models.get_model("test_tiny", num_classes=3), Tiny)
+    config = base_config()
+    config.data.name, config.model.name = "digits", "test_tiny"
+    validate_config(config)  # A registered model is a valid config.model.name.
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model("lenet5", Tiny)
+    with pytest.raises(ValueError, match="test_tiny"):
+        models.get_model("nope")

@@ -8,7 +8,7 @@ builds one with every field and its default (``xaijax.defaults.base_config``, wh
   default location), ``validation_size`` (examples held out of the training split; 0: evaluate on
   the test split during training), ``standardize`` (per-channel mean/std of the training split),
   ``augment`` (``none`` | ``flip`` | ``crop_flip``) and ``crop_padding`` (pixels, for crops).
-* ``model``: ``name`` (``xaijax.models.MODEL_NAMES``), ``num_classes``, ``widths`` (None or a
+* ``model``: ``name`` (a key of ``xaijax.models.MODELS``), ``num_classes``, ``widths`` (None or a
   mapping layer name -> output units).
 * ``optimizer``: see :func:`xaijax.training.make_optimizer`.
 * ``train``: ``epochs``, ``batch_size`` (global), ``eval_batch_size``, ``seed``,
@@ -161,7 +161,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if augment == "crop_flip" and crop_padding < 1:
         _fail("data.crop_padding", "must be >= 1 with augment='crop_flip'", crop_padding)
 
-    model_name = _require_choice(config, "model.name", models.MODEL_NAMES)
+    model_name = _require_choice(config, "model.name", tuple(models.MODELS))
     num_classes = _require_int(config, "model.num_classes", 1)
     if num_classes != data.NUM_CLASSES[name]:
         _fail(

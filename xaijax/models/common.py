@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -112,3 +112,24 @@ def layer_costs(
 def count_params(params: Any) -> int:
     """Total number of scalars in a parameter pytree."""
     return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)))
+
+
+@runtime_checkable
+class PrunableModel(Protocol):
+    """The contract a model meets for every xaijax transform (the zoo's models meet it).
+
+    * ``layer_specs()``: the prunable Conv / Dense layers in forward order (:class:`LayerSpec`:
+      name, kind, BatchNorm, consumers, tied residual group, classifier);
+    * ``widths``: layer name -> output units, so that ``model.clone(widths=...)`` builds the
+      physically narrower model ``xaijax.pruning.shrink`` returns;
+    * ``layer_kwargs``: layer name -> extra keyword arguments of that layer (e.g. a quantized
+      ``dot_general``), how ``xaijax.quantization.quantized_model`` injects quantized ops;
+    * ``__call__(x, train=...)``: logits.
+    """
+
+    widths: Mapping[str, int] | None
+    layer_kwargs: LayerKwargs | None
+
+    def layer_specs(self) -> tuple[LayerSpec, ...]: ...
+
+    def __call__(self, x: Any, train: bool = False) -> Any: ...
