@@ -9,13 +9,12 @@ interrupted stage continues from its checkpoints. The report is ``<workdir>/repo
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import pipeline, report, training
+from xaijax import logs, pipeline, report, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and report.")
@@ -24,8 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, resu
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.setup_logging()
     config = _CONFIG.value
     training.initialize_distributed(config)
     workdir = Path(_WORKDIR.value)

@@ -8,12 +8,12 @@ See ``xaijax.experiments.prune`` for the settings (``config.prune``) and the out
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from xaijax import logs
 from xaijax.experiments import prune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -23,8 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the pruning run's
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.setup_logging()
     workdir = Path(_WORKDIR.value)
     results = prune.run(_CONFIG.value, workdir)
     acc = results["accuracy"]

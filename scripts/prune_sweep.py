@@ -10,13 +10,12 @@ rows), plots in ``<workdir>/sweep_<granularity>_{sparsity,flops}.png``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import report
+from xaijax import logs, report
 from xaijax.experiments import prune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -33,8 +32,7 @@ def main(argv: list[str]) -> None:
         sparsities = [float(s) for s in _SPARSITIES.value]
     except ValueError as error:
         raise app.UsageError(f"--sparsities must be numbers: {error}") from error
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.setup_logging()
     workdir = Path(_WORKDIR.value)
     rows = prune.sweep(
         _CONFIG.value,

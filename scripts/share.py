@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from xaijax import logs
 from xaijax.experiments import share
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -21,8 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the weight sharin
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.setup_logging()
     results = share.run(_CONFIG.value, Path(_WORKDIR.value))
     print(f"dense test accuracy {results['accuracy_dense']:.4f}")
     print(results["table"], flush=True)

@@ -11,13 +11,12 @@ raw rows; at the end ``<workdir>/study.md``, ``study.json`` (the numbers for fig
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import study, training
+from xaijax import logs, study, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study (one folder per seed).")
@@ -29,8 +28,7 @@ _CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence level of the in
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.setup_logging()
     config = _CONFIG.value
     training.initialize_distributed(config)
     try:

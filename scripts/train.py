@@ -15,13 +15,13 @@ changed fields; see ``xaijax.provenance``). Writes
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from xaijax import logs
 from xaijax.experiments import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -32,8 +32,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    logs.setup_logging()
     workdir = Path(_WORKDIR.value)
     common.load_or_train(_CONFIG.value, workdir)
     if jax.process_index() != 0:

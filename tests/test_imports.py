@@ -14,7 +14,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xaijax"
 
 #: Bottom to top; a component may import only components of its own layer or below.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"_version", "checkpoint", "provenance", "data", "report", "statistics", "sharding"}),
+    frozenset(
+        {"_version", "logs", "checkpoint", "provenance", "data", "report", "statistics", "sharding"}
+    ),
     frozenset({"models", "deeplift", "weight_sharing", "config_utils"}),
     frozenset({"training"}),
     frozenset({"importance", "pruning", "quantization"}),
