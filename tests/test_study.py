@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -96,16 +97,36 @@ def config_file(tmp_path_factory) -> Path:
     return path
 
 
+def run_study(config_file: Path, workdir: Path, seeds: str, cache: Path) -> None:
+    """``scripts/study.py`` in a subprocess; JAX's persistent compilation cache (``cache``) lets a
+    later seed reuse the programs compiled for an earlier one (same shapes)."""
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "study.py"),
+        f"--config={config_file}",
+        f"--workdir={workdir}",
+        f"--seeds={seeds}",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def studied(config_file, tmp_path_factory):
     """Seed 0 alone (a study interrupted after its first seed), then seeds 0 and 1, then seeds 0
     and 1 again; the rows and stage.json times after each call."""
     workdir = tmp_path_factory.mktemp("study") / "run"
+    cache = tmp_path_factory.mktemp("jax_cache")
     calls = []
-    for seeds in ((0,), (0, 1), (0, 1)):
-        returned = study.run(load_config(config_file), workdir, seeds)
+    for seeds in ("0", "0,1", "0,1"):
+        run_study(config_file, workdir, seeds, cache)
         rows = study.read_rows(workdir / study.ROWS_FILE)
-        assert rows == json.loads(json.dumps(returned))
+        assert rows == study.rows_from_workdir(workdir, [int(s) for s in seeds.split(",")])
         calls.append({"rows": rows, "stamps": stamps(workdir)})
     return workdir, calls
 
@@ -140,6 +161,19 @@ def test_rows_for_every_seed_stage_and_method(studied):
     assert fingerprints[0] != fingerprints[1]
     prune_seeds = {s: results[s]["prune"]["deeplift"]["prune"]["seed"] for s in (0, 1)}
     assert prune_seeds == {0: 0, 1: 1}
+
+
+def test_the_script_writes_the_report(studied):
+    workdir, _ = studied
+    text = (workdir / "study.md").read_text()
+    assert "## Verdicts: DeepLIFT against the strongest baseline" in text
+    summary = json.loads((workdir / "study.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    for name in summary["figures"]:
+        assert (workdir / name).read_bytes()[:4] == b"\x89PNG"
+    recorded = json.loads((workdir / study.CONFIG_FILE).read_text())
+    assert recorded["seeds"] == [0, 1]
+    assert recorded["config"]["model"]["widths"]["conv1"] == 4
 
 
 def test_an_interrupted_study_resumes_without_touching_finished_seeds(studied):

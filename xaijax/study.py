@@ -44,6 +44,7 @@ import numpy as np
 from xaijax import report, statistics
 
 ROWS_FILE = "rows.jsonl"
+CONFIG_FILE = "study_config.json"
 STAGES = ("baseline", "prune", "share", "quantize")
 #: Config fields set to the study seed (besides any other field named ``seed``).
 SEED_FIELDS = ("train.seed", "prune.seed", "share.seed", "quantize.seed")
@@ -157,14 +158,14 @@ def run(
     """The pipeline for every seed (resuming finished work); returns the rows of ``seeds``.
 
     ``workdir/rows.jsonl`` is rewritten after each seed with the rows of the seeds done so far,
-    and ``workdir/study.json`` records the seeds and the study's config.
+    and ``workdir/study_config.json`` records the seeds and the study's config.
     """
     from xaijax import checkpoint, pipeline  # Late import: tables need no JAX.
 
     seeds = check_seeds(seeds)
     workdir = Path(workdir)
     checkpoint.write_json_atomic(
-        workdir / "study.json", {"seeds": list(seeds), "config": config.to_dict()}
+        workdir / CONFIG_FILE, {"seeds": list(seeds), "config": config.to_dict()}
     )
     rows: list[dict[str, Any]] = []
     for i, seed in enumerate(seeds):
