@@ -51,7 +51,14 @@ SEED_FIELDS = ("train.seed", "prune.seed", "share.seed", "quantize.seed")
 #: The DeepLIFT-guided method of each stage.
 DEEPLIFT_METHOD = {"prune": "deeplift", "share": "deeplift", "quantize": "deeplift_sensitivity"}
 #: Prune fields that define the comparison cell (shared by every criterion).
-PRUNE_SETTING = ("granularity", "conv_sparsity", "dense_sparsity", "iterations", "schedule")
+PRUNE_SETTING = (
+    "granularity",
+    "conv_sparsity",
+    "dense_sparsity",
+    "param_budget",
+    "iterations",
+    "schedule",
+)
 #: Fields of each experiment section that make up its fine-tuning recipe.
 RECIPE_FIELDS = ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size")
 #: Row fields summarized as mean ± std, and those compared between methods (higher is better).
