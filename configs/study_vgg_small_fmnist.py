@@ -10,6 +10,10 @@ hybrid 50% filters / 90% dense weights, as for LeNet-5), and 14 short epochs on 
 (4x fewer conv FLOPs): weight sharing at 2 and 4 bits for three importances and QAT for the four
 bit-allocation strategies at 3 and 4 bits. Scoring uses 2,000 training examples.
 
+Equal size: every pruning criterion keeps 7% of the dense model's 218,682 parameters (15,308;
+``prune.param_budget``), about what the 50% / 90% targets leave (15,500), met exactly by the
+dense sparsity.
+
 Fine-tuning learning rates are for SGD with momentum (the defaults suit Adam): 5e-3 for pruning
 and QAT (a tenth of the training rate, the QAT default), 1e-3 for weight sharing.
 """
@@ -42,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.iterations = 1
     config.prune.finetune_epochs = 1
     config.prune.finetune_learning_rate = 5e-3
+    config.prune.param_budget = 0.07
     config.share.bits = (2, 4)
     config.share.importances = ("uniform", "magnitude", "deeplift")
     config.share.num_examples = 2000
