@@ -24,7 +24,6 @@ Modules, bottom to top (each imports only modules listed before it):
 """
 
 from xaijax.pruning.accounting import (
-    kept_count,
     kernel_sparsity,
     masked_costs,
     nonzero_count,
@@ -60,7 +59,6 @@ __all__ = [
     "default_exclude",
     "iterative_prune",
     "keep_pruned",
-    "kept_count",
     "kernel_sparsity",
     "mask_variables",
     "masked_costs",

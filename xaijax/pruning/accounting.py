@@ -78,8 +78,3 @@ def total_costs(costs: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
         "params": sum(c["params"] for c in costs.values()),
         "flops": sum(c["flops"] for c in costs.values()),
     }
-
-
-def kept_count(mask: Any) -> int:
-    """Entries a params mask keeps: the non-zero parameters of the masked model."""
-    return int(sum(np.count_nonzero(np.asarray(leaf)) for leaf in jax.tree.leaves(mask)))

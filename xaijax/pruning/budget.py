@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from xaijax.models import LayerSpec
-from xaijax.pruning.accounting import kept_count
+from xaijax.pruning.accounting import nonzero_count
 from xaijax.pruning.apply import params_mask
 
 
@@ -42,4 +42,4 @@ def _kept_at(
     specs: Sequence[LayerSpec], params: Any, masks_at: Callable[..., tuple], dense: float
 ) -> int:
     units, weights = masks_at(dense_sparsity=dense)
-    return kept_count(params_mask(specs, params, units, weight_masks=weights))
+    return nonzero_count(params_mask(specs, params, units, weight_masks=weights))

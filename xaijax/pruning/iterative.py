@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from xaijax.models import LayerSpec
-from xaijax.pruning.accounting import kept_count, kernel_sparsity
+from xaijax.pruning.accounting import kernel_sparsity, nonzero_count
 from xaijax.pruning.apply import Variables, mask_variables, params_mask
 from xaijax.pruning.budget import _kept_at, match_sparsity
 from xaijax.pruning.masks import UnitMasks, default_exclude, unit_masks, weight_masks
@@ -189,7 +189,7 @@ def iterative_prune(
                 "step": step,
                 "conv_sparsity": conv_target * fraction,
                 "dense_sparsity": dense,
-                "kept_params": kept_count(mask),
+                "kept_params": nonzero_count(mask),
                 "kernel_sparsity": kernel_sparsity(specs, current["params"]),
             }
         )
