@@ -109,6 +109,7 @@ def create_train_state(
     key = jax.random.wrap_key_data(_raw_key(rng))
     init_key, state_key = jax.random.split(key)
     dummy = jnp.zeros(shape, jnp.float32)
+    model = shared_module(model)
     expected = jax.eval_shape(_init_variables, model.init, init_key, dummy)
     if variables is None:
         variables = _init_variables(model.init, init_key, dummy)
@@ -127,10 +128,27 @@ def create_train_state(
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _first_equal_module(module: nn.Module) -> nn.Module:
+    return module
+
+
+def shared_module(module: nn.Module) -> nn.Module:
+    """The first module seen that equals ``module`` (itself if its fields are unhashable).
+
+    jit keys static functions such as ``model.apply`` by identity: a bound method equals another
+    only when both are bound to the same object. Binding to one shared module makes models
+    rebuilt with the same settings (``models.get_model`` freezes ``widths``) reuse the compiled
+    train, eval and init steps instead of compiling them again."""
+    try:
+        return _first_equal_module(module)
+    except TypeError:  # Unhashable fields (e.g. a dict): no sharing, compiled per object.
+        return module
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _init_variables(init: Callable[..., Any], key: jax.Array, dummy: jax.Array) -> Any:
-    """``model.init`` compiled once per model object and input shape (bound methods hash by
-    their module's identity, so unhashable module fields are fine)."""
+    """``model.init`` compiled once per (shared) model and input shape."""
     return init(key, dummy, train=False)
 
 
@@ -394,7 +412,11 @@ def evaluate(
     else:
         if variables is None:
             raise ValueError("evaluate needs variables when given a model or apply_fn")
-        apply_fn = model_or_state.apply if isinstance(model_or_state, nn.Module) else model_or_state
+        apply_fn = (
+            shared_module(model_or_state).apply
+            if isinstance(model_or_state, nn.Module)
+            else model_or_state
+        )
     data.check_dataset(ds)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -12,6 +12,7 @@ from xaijax.models.common import (
     LayerSpec,
     PrunableModel,
     count_params,
+    freeze_mapping,
     layer_costs,
 )
 from xaijax.models.lenet import LeNet5
@@ -47,12 +48,19 @@ def get_model(
     widths: Mapping[str, int] | None = None,
     layer_kwargs: LayerKwargs | None = None,
 ) -> nn.Module:
-    """Build a registered model by name; ``widths`` narrows layers, ``layer_kwargs`` injects ops."""
+    """Build a registered model by name; ``widths`` narrows layers, ``layer_kwargs`` injects ops.
+
+    Both are stored frozen, so models built with equal arguments are equal and hashable and share
+    their compiled steps (see ``xaijax.training.shared_module``)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {tuple(MODELS)}")
-    return MODELS[name](num_classes=num_classes, widths=widths, layer_kwargs=layer_kwargs)
+    return MODELS[name](
+        num_classes=num_classes,
+        widths=freeze_mapping(widths),
+        layer_kwargs=freeze_mapping(layer_kwargs),
+    )
 
 
 def layer_specs(model: nn.Module) -> tuple[LayerSpec, ...]:

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.core import FrozenDict
 
 from xaijax.models import ops
 
@@ -35,6 +36,15 @@ class LayerSpec(NamedTuple):
     consumers: tuple[str, ...]
     tied_group: str | None
     is_classifier: bool
+
+
+def freeze_mapping(mapping: Mapping[str, Any] | None) -> FrozenDict | None:
+    """``mapping`` (and mappings nested in it) as a hashable ``FrozenDict``; None stays None."""
+    if mapping is None:
+        return None
+    return FrozenDict(
+        {k: freeze_mapping(v) if isinstance(v, Mapping) else v for k, v in mapping.items()}
+    )
 
 
 def resolve_width(widths: Mapping[str, int] | None, name: str, default: int) -> int:
