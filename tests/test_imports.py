@@ -15,7 +15,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xaijax"
 #: Bottom to top; a component may import only components of its own layer or below.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
-        {"_version", "logs", "checkpoint", "provenance", "data", "report", "statistics", "sharding"}
+        {
+            "_version",
+            "logs",
+            "runtime",
+            "checkpoint",
+            "provenance",
+            "data",
+            "report",
+            "statistics",
+            "sharding",
+        }
     ),
     frozenset({"models", "deeplift", "weight_sharing", "config_utils"}),
     frozenset({"training"}),
