@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs, pipeline, report, training
+from xaijax import logs, pipeline, report, runtime, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and report.")
@@ -24,6 +24,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
+    runtime.enable_compilation_cache()
     config = _CONFIG.value
     training.initialize_distributed(config)
     workdir = Path(_WORKDIR.value)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import deeplift, training
+from xaijax import deeplift, runtime, training
 from xaijax.experiments import common, explain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
@@ -31,6 +31,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "PNG path (default <workdir>/expla
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    runtime.enable_compilation_cache()
     config, workdir = _CONFIG.value, Path(_WORKDIR.value)
     variables = common.load_variables(workdir / "variables")
     model = training.model_from_config(config)

@@ -13,7 +13,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs
+from xaijax import logs, runtime
 from xaijax.experiments import prune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -24,6 +24,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
+    runtime.enable_compilation_cache()
     workdir = Path(_WORKDIR.value)
     results = prune.run(_CONFIG.value, workdir)
     acc = results["accuracy"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs, report
+from xaijax import logs, report, runtime
 from xaijax.experiments import prune
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         raise app.UsageError(f"--sparsities must be numbers: {error}") from error
     logs.setup_logging()
+    runtime.enable_compilation_cache()
     workdir = Path(_WORKDIR.value)
     rows = prune.sweep(
         _CONFIG.value,

@@ -11,7 +11,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs
+from xaijax import logs, runtime
 from xaijax.experiments import share
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
@@ -22,6 +22,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
+    runtime.enable_compilation_cache()
     results = share.run(_CONFIG.value, Path(_WORKDIR.value))
     print(f"dense test accuracy {results['accuracy_dense']:.4f}")
     print(results["table"], flush=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs, study, training
+from xaijax import logs, runtime, study, training
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study (one folder per seed).")
@@ -29,6 +29,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
+    runtime.enable_compilation_cache()
     config = _CONFIG.value
     training.initialize_distributed(config)
     try:

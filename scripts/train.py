@@ -21,7 +21,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs
+from xaijax import logs, runtime
 from xaijax.experiments import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
+    runtime.enable_compilation_cache()
     workdir = Path(_WORKDIR.value)
     common.load_or_train(_CONFIG.value, workdir)
     if jax.process_index() != 0:
