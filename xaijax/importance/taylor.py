@@ -1,0 +1,70 @@
+"""The ``taylor`` criterion: first-order Taylor expansion of the loss (Molchanov et al., 2017).
+
+With ``L_n`` the softmax cross-entropy of example ``n``'s target class, removing a unit's output
+``a`` changes the loss by about ``-a * dL/da``; a unit scores
+``S_k = mean_n |sum_positions a_n[..., k] * dL_n/da_n[..., k]|`` (the gradient taken with respect
+to a zero perturbation of the layer's output, ``xaijax.importance.layers``) and a weight scores
+``S = mean_n |w * dL_n/dw|`` (per-example gradients, vmapped). The mean over examples is taken by
+the engine; this module gives the per-example scores.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from xaijax.importance.criterion import Granularity, Scores, Variables
+from xaijax.importance.layers import (
+    apply_with_perturbations,
+    layer_names,
+    layer_output_shapes,
+    position_sum,
+)
+
+
+def target_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Summed softmax cross-entropy of ``targets``: each example's gradient is its own loss's."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+
+def taylor_per_example(
+    model: nn.Module,
+    variables: Variables,
+    images: jax.Array,
+    targets: jax.Array,
+    references: jax.Array,
+    *,
+    granularity: Granularity,
+    rule: str,
+) -> Scores:
+    """Per-example Taylor scores: ``|sum_positions a * dL/da|`` per unit, ``|w * dL/dw|`` per
+    weight."""
+    del references, rule
+    names = layer_names(model)
+    if granularity == "unit":
+        shapes = layer_output_shapes(model, variables, images)
+        zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
+
+        def loss(perturbations):
+            logits, outputs = apply_with_perturbations(model, variables, images, perturbations)
+            return target_loss(logits, targets), outputs
+
+        grads, outputs = jax.grad(loss, has_aux=True)(zeros)
+        return {name: jnp.abs(position_sum(outputs[name] * grads[name])) for name in names}
+
+    params = variables["params"]
+
+    def one_example(image, target):
+        def loss(p):
+            logits = model.apply({**variables, "params": p}, image[None], train=False)
+            return target_loss(logits, target[None])
+
+        grads = jax.grad(loss)(params)
+        return {
+            name: {"kernel": jnp.abs(params[name]["kernel"] * grads[name]["kernel"])}
+            for name in names
+        }
+
+    return jax.vmap(one_example)(images, targets)
