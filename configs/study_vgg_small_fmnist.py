@@ -2,17 +2,16 @@
 2 CPU cores.
 
 Starts from ``configs/vgg_small_fmnist.py`` (SGD Nesterov, cosine, weight decay, flips). The full
-model trains at about 400 images/s on 2 busy cores (150 s an epoch; its 10 epochs took 52 minutes
-in docs/results.md), so the study halves every width (conv 16-16-32-32, fc 128: about 1,080
-images/s, under a minute an epoch) and trains 6 epochs instead of 10. Each seed then spends
-about 6 epochs training, 4 fine-tuning the four pruned models (1 round of prune + 1 epoch each;
-hybrid 50% filters / 90% dense weights, as for LeNet-5), and 14 short epochs on the shrunk model
-(4x fewer conv FLOPs): weight sharing at 2 and 4 bits for three importances and QAT for the four
-bit-allocation strategies at 3 and 4 bits. Scoring uses 2,000 training examples.
-
-Equal size: every pruning criterion keeps 7% of the dense model's 218,682 parameters (15,308;
-``prune.param_budget``), about what the 50% / 90% targets leave (15,500), met exactly by the
-dense sparsity.
+model trains at about 400 images/s on 2 busy cores (its 10 epochs took 52 minutes in
+docs/results.md), so the study halves every width (conv 16-16-32-32, fc 128: 1,080 images/s
+measured at load 4, about a minute an epoch) and trains 6 epochs instead of 10. A seed then
+spends about 6 epochs training, 4 fine-tuning the four pruned models (1 round of prune + 1 epoch
+each; hybrid 50% filters / 90% dense weights, as for LeNet-5) and 14 short epochs on the shrunk
+model (a quarter of the conv FLOPs): weight sharing at 2 and 4 bits for three importances and
+QAT for the four bit-allocation strategies at 3 and 4 bits. Scoring uses 2,000 training
+examples. That is about 15 full-width-epoch equivalents at twice LeNet-5's cost per epoch, about
+two thirds of a LeNet-5 seed (21.7 minutes measured under load 5-8): an estimate, not yet timed
+end to end.
 
 Fine-tuning learning rates are for SGD with momentum (the defaults suit Adam): 5e-3 for pruning
 and QAT (a tenth of the training rate, the QAT default), 1e-3 for weight sharing.
