@@ -4,7 +4,7 @@
         [--criteria deeplift,taylor,magnitude,random] [--sparsities 0.3,0.5,0.7,0.9] \\
         [--granularities unit,weight] [--config.prune.finetune_epochs=1 ...]
 
-See ``xaijax.experiments.prune.sweep``: rows in ``<workdir>/sweep.csv`` (a rerun skips finished
+See ``xaijax.experiments.sweep.sweep``: rows in ``<workdir>/sweep.csv`` (a rerun skips finished
 rows), plots in ``<workdir>/sweep_<granularity>_{sparsity,flops}.png``.
 """
 
@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from xaijax import logs, report, runtime
-from xaijax.experiments import prune
+from xaijax.experiments import sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the sweep's outputs.")
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     logs.setup_logging()
     runtime.enable_compilation_cache()
     workdir = Path(_WORKDIR.value)
-    rows = prune.sweep(
+    rows = sweep.sweep(
         _CONFIG.value,
         workdir,
         criteria=_CRITERIA.value,

@@ -22,6 +22,7 @@ from xaijax.experiments import common
 from xaijax.experiments import prune as prune_experiment
 from xaijax.experiments import quantize as quantize_experiment
 from xaijax.experiments import share as share_experiment
+from xaijax.experiments import sweep as sweep_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_WIDTHS = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
@@ -216,15 +217,15 @@ def test_sweep_rerun_with_a_changed_field_reports_only_new_rows(tmp_path, start)
     axes = {"criteria": ("magnitude",), "sparsities": (0.5,), "granularities": ("unit",)}
     fields = {"num_examples": 64, "finetune_epochs": 1}
     kwargs = {"model": model, "variables": variables, **axes}
-    old = prune_experiment.sweep(smoke_config(prune=fields), tmp_path / "run", **kwargs)
+    old = sweep_experiment.sweep(smoke_config(prune=fields), tmp_path / "run", **kwargs)
     changed = smoke_config(prune={**fields, "finetune_learning_rate": 5e-3})
-    rerun = prune_experiment.sweep(changed, tmp_path / "run", **kwargs)
-    fresh = prune_experiment.sweep(changed, tmp_path / "fresh", **kwargs)
+    rerun = sweep_experiment.sweep(changed, tmp_path / "run", **kwargs)
+    fresh = sweep_experiment.sweep(changed, tmp_path / "fresh", **kwargs)
     timing = {"score_seconds", "finetune_seconds"}
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
     assert strip(rerun) == strip(fresh)
     assert rerun[0]["accuracy_after_finetune"] != old[0]["accuracy_after_finetune"]
-    assert len(prune_experiment.read_sweep_rows(tmp_path / "run" / "sweep.csv")) == 1
+    assert len(sweep_experiment.read_sweep_rows(tmp_path / "run" / "sweep.csv")) == 1
 
 
 def test_integer_export_that_scores_differently_is_refused(tmp_path, start, monkeypatch):

@@ -519,7 +519,7 @@ def test_sparsity_schedule():
 
 
 # ------------------------------------------------------------------------------------------------
-# The pruning experiment and the sweep in process (xaijax.experiments.prune), on digits
+# The pruning experiment and the sweep in process (xaijax.experiments.prune, .sweep), on digits
 # ------------------------------------------------------------------------------------------------
 
 TINY_WIDTHS = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
@@ -553,7 +553,7 @@ def tiny_digits_model():
 
 def test_sweep_rows_plots_and_resume(tmp_path, monkeypatch):
     from xaijax.experiments import common
-    from xaijax.experiments import prune as prune_experiment
+    from xaijax.experiments import sweep as sweep_experiment
 
     config = digits_smoke_config({})
     model, variables = tiny_digits_model()
@@ -561,10 +561,10 @@ def test_sweep_rows_plots_and_resume(tmp_path, monkeypatch):
     kwargs = dict(
         criteria=("deeplift", "magnitude"), sparsities=sparsities, granularities=("unit",)
     )
-    rows = prune_experiment.sweep(config, tmp_path, model=model, variables=variables, **kwargs)
+    rows = sweep_experiment.sweep(config, tmp_path, model=model, variables=variables, **kwargs)
 
     csv_path = tmp_path / "sweep.csv"
-    assert prune_experiment.read_sweep_rows(csv_path) == rows
+    assert sweep_experiment.read_sweep_rows(csv_path) == rows
     assert [(r["criterion"], r["sparsity"]) for r in rows] == [
         (c, s) for c in ("deeplift", "magnitude") for s in sparsities
     ]
@@ -583,19 +583,19 @@ def test_sweep_rows_plots_and_resume(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished sweep point was recomputed")
 
-    monkeypatch.setattr(prune_experiment, "score_fn", must_not_run)
-    monkeypatch.setattr(prune_experiment, "finetune_fn", must_not_run)
+    monkeypatch.setattr(sweep_experiment, "score_fn", must_not_run)
+    monkeypatch.setattr(sweep_experiment, "finetune_fn", must_not_run)
     monkeypatch.setattr(common, "evaluate_test", must_not_run)
     monkeypatch.setattr(common, "load_or_train", must_not_run)
     written = csv_path.stat().st_mtime_ns
     same_start = {"model": model, "variables": variables}
-    assert prune_experiment.sweep(config, tmp_path, **same_start, **kwargs) == rows
+    assert sweep_experiment.sweep(config, tmp_path, **same_start, **kwargs) == rows
     assert csv_path.stat().st_mtime_ns == written
 
     with pytest.raises(ValueError, match="sparsities"):
-        prune_experiment.sweep(config, tmp_path, **{**kwargs, "sparsities": (1.0,)})
+        sweep_experiment.sweep(config, tmp_path, **{**kwargs, "sparsities": (1.0,)})
     with pytest.raises(ValueError, match="criterion"):
-        prune_experiment.sweep(config, tmp_path, **{**kwargs, "criteria": ("nope",)})
+        sweep_experiment.sweep(config, tmp_path, **{**kwargs, "criteria": ("nope",)})
 
 
 def test_prune_run_structured_shrunk_model_equals_masked_model(tmp_path):
