@@ -27,6 +27,7 @@ each stage as reused, computed or recomputed, with the changed fields.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ import ml_collections
 from xaijax import (
     checkpoint,
     config_utils,
+    experiments,
     importance,
     models,
     provenance,
@@ -47,18 +49,13 @@ from xaijax import (
 )
 from xaijax.experiments import common
 from xaijax.experiments import explain as explain_experiment
-from xaijax.experiments import prune as prune_experiment
-from xaijax.experiments import quantize as quantize_experiment
-from xaijax.experiments import share as share_experiment
-
-STAGES = ("prune", "share", "quantize")
 
 
 def defaults() -> ml_collections.ConfigDict:
     """The ``config.compress`` section and its defaults."""
     return ml_collections.ConfigDict(
         {
-            "stages": STAGES,
+            "stages": ("prune", "share", "quantize"),  # Registered stages, in the paper's order.
             "criteria": ("deeplift", "magnitude", "taylor", "random"),
             "carry": "deeplift",
             "explain_examples": 8,
@@ -69,9 +66,12 @@ def defaults() -> ml_collections.ConfigDict:
 
 def validate(section: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` naming the first bad ``config.compress`` field."""
-    unknown = [stage for stage in section.stages if stage not in STAGES]
+    unknown = [stage for stage in section.stages if stage not in experiments.STAGES]
     if unknown:
-        raise ValueError(f"config.compress.stages has unknown stages {unknown}; known: {STAGES}")
+        raise ValueError(
+            f"config.compress.stages has unknown stages {unknown}; "
+            f"registered: {tuple(experiments.STAGES)}"
+        )
     if not section.criteria:
         raise ValueError("config.compress.criteria must name at least one criterion")
     for name in section.criteria:
@@ -134,13 +134,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     """The whole pipeline (see the module docstring); returns the report's results."""
     section = common.section(config, "compress", defaults(), validate)
     config_utils.validate_config(config)
-    experiments = {
-        "prune": prune_experiment,
-        "share": share_experiment,
-        "quantize": quantize_experiment,
-    }
-    for stage in section.stages:  # Every bad field fails here, before any work.
-        common.section(config, stage, experiments[stage].defaults(), experiments[stage].validate)
+    enabled = [experiments.get_stage(name) for name in section.stages]
+    for spec in enabled:  # Every bad field fails here, before any work.
+        spec.section(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = training.datasets_from_config(config)
@@ -167,19 +163,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
         results, stages[path] = run_stage(workdir, path, fp, compute, policy=policy)
         return results
 
-    def stage_fingerprint(
-        name: str, stage_model: Any, start: Any, **fields: Any
-    ) -> provenance.Fingerprint:
-        return provenance.fingerprint(
-            unit=name,
-            model=provenance.model_identity(stage_model),
-            start=provenance.variables_digest(start),
-            data=config.data,
-            optimizer=config.optimizer,
-            train=common.plain(config.train, common.NON_RESULT_TRAIN_FIELDS),
-            **fields,
-        )
-
     results: dict[str, Any] = {"model": config.model.name, "dataset": config.data.name}
     results["baseline"] = stage("baseline", common.baseline_fingerprint(config), baseline)
     variables = common.load_variables(workdir / "baseline" / "variables")
@@ -197,10 +180,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
 
     results["explain"] = stage(
         "explain",
-        stage_fingerprint(
-            "explain",
-            model,
-            variables,
+        provenance.fingerprint(
+            unit="explain",
+            model=provenance.model_identity(model),
+            start=provenance.variables_digest(variables),
+            data=config.data,
+            optimizer=config.optimizer,
+            train=common.plain(config.train, common.NON_RESULT_TRAIN_FIELDS),
             criteria=section.criteria,
             explain_examples=section.explain_examples,
             importance_examples=section.importance_examples,
@@ -209,41 +195,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     )
 
     carry_model, carry_variables = model, variables
-    if "prune" in section.stages:
-        results["prune"] = {}
-        start = provenance.variables_digest(variables)
-        for criterion in section.criteria:
-            criterion_config = _with(config, "prune", criterion=criterion)
-            prune_section = common.section(
-                criterion_config, "prune", prune_experiment.defaults(), prune_experiment.validate
+    for spec in enabled:
+        start = provenance.variables_digest(carry_variables)
+        labels = tuple(section.criteria) if spec.varies else (None,)
+        outcome = {}
+        for label in labels:
+            stage_config = (
+                config if label is None else _with(config, spec.name, **{spec.varies: label})
             )
-            results["prune"][criterion] = stage(
-                f"prune/{criterion}",
-                prune_experiment.prune_fingerprint(criterion_config, prune_section, model, start),
-                lambda d, c=criterion_config: prune_experiment.run(
-                    c, d, model=model, variables=variables, splits=splits
+            outcome[label] = stage(
+                spec.name if label is None else f"{spec.name}/{label}",
+                spec.fingerprint(stage_config, carry_model, start),
+                functools.partial(
+                    spec.run,
+                    stage_config,
+                    model=carry_model,
+                    variables=carry_variables,
+                    splits=splits,
                 ),
             )
-        carry_dir = workdir / "prune" / section.carry
-        carry_model, carry_variables = prune_experiment.load_result(model, carry_dir)
-    if "share" in section.stages:
-        share_fields = common.plain(config.share, share_experiment.STARTING_POINT_FIELDS)
-        results["share"] = stage(
-            "share",
-            stage_fingerprint("share", carry_model, carry_variables, share=share_fields),
-            lambda d: share_experiment.run(
-                config, d, model=carry_model, variables=carry_variables, splits=splits
-            ),
-        )
-    if "quantize" in section.stages:
-        quantize_fields = common.plain(config.quantize, ("variables",))
-        results["quantize"] = stage(
-            "quantize",
-            stage_fingerprint("quantize", carry_model, carry_variables, quantize=quantize_fields),
-            lambda d: quantize_experiment.run(
-                config, d, model=carry_model, variables=carry_variables, splits=splits
-            ),
-        )
+        results[spec.name] = outcome if spec.varies else outcome[None]
+        if spec.load_result is not None:
+            carry_dir = workdir / spec.name / (section.carry if spec.varies else "")
+            carry_model, carry_variables = spec.load_result(carry_model, carry_dir)
     results["provenance"] = stages
     summary = write_report(workdir, results, section)
     checkpoint.write_json_atomic(workdir / "results.json", {**results, "summary": summary})

@@ -350,4 +350,22 @@ def load_result(model: nn.Module, workdir: str | Path) -> tuple[nn.Module, dict[
     return model.clone(widths=widths), common.load_variables(workdir / "shrunk_variables")
 
 
-STAGE = stage.register(stage.Stage("prune", defaults, validate, run))
+def stage_fingerprint(
+    config: ml_collections.ConfigDict, model: nn.Module, start_digest: str
+) -> provenance.Fingerprint:
+    """:func:`prune_fingerprint` of ``config``'s ``prune`` section."""
+    section = common.section(config, "prune", defaults(), validate)
+    return prune_fingerprint(config, section, model, start_digest)
+
+
+STAGE = stage.register(
+    stage.Stage(
+        "prune",
+        defaults,
+        validate,
+        run,
+        fingerprint=stage_fingerprint,
+        varies="criterion",
+        load_result=load_result,
+    )
+)

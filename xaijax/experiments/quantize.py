@@ -56,6 +56,8 @@ from xaijax.quantization import (
     save_integer_model,
 )
 
+#: ``quantize`` fields that only locate the starting point (its variables digest stands for them).
+STARTING_POINT_FIELDS = ("variables",)
 SUMMARY_COLUMNS = ("strategy", "budget", "avg_bits", "ptq_accuracy", "qat_accuracy", "disk_bytes")
 
 
@@ -398,4 +400,12 @@ def run(
     return results
 
 
-STAGE = stage.register(stage.Stage("quantize", defaults, validate, run))
+STAGE = stage.register(
+    stage.Stage(
+        "quantize",
+        defaults,
+        validate,
+        run,
+        fingerprint=stage.section_fingerprint("quantize", STARTING_POINT_FIELDS),
+    )
+)

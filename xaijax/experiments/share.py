@@ -409,4 +409,12 @@ def run(
     return results
 
 
-STAGE = stage.register(stage.Stage("share", defaults, validate, run))
+STAGE = stage.register(
+    stage.Stage(
+        "share",
+        defaults,
+        validate,
+        run,
+        fingerprint=stage.section_fingerprint("share", STARTING_POINT_FIELDS),
+    )
+)
