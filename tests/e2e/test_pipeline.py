@@ -19,7 +19,7 @@ from xaijax.experiments import prune as prune_experiment
 from xaijax.experiments import share as share_experiment
 from xaijax.provenance import StaleResultError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SMOKE = REPO / "configs" / "digits_smoke.py"
 CONFIG = f"""

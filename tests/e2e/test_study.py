@@ -18,7 +18,7 @@ import scipy.stats
 
 from xaijax import study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "digits_smoke.py"
 # Tiny widths, one epoch of training and of each fine-tuning, few examples: the plumbing is under
 # test, not the numbers (compilation dominates: about a minute per seed on 2 busy cores).

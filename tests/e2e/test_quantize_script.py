@@ -15,7 +15,7 @@ from xaijax import checkpoint
 from xaijax.experiments import quantize
 from xaijax.models import get_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WIDTHS = {"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
 
 CONFIG = f"""

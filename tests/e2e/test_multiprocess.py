@@ -26,7 +26,7 @@ import pytest
 
 from xaijax import checkpoint, config_utils, data, importance, models, training
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_VGG = {"conv1": 8, "conv2": 8, "conv3": 16, "conv4": 16, "fc1": 32}
 NUM_PROCESSES = 2
 FAKE_DEVICES = 8
