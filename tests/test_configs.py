@@ -161,3 +161,15 @@ def test_train_script_fails_on_bad_config_before_any_work(tmp_path):
     assert done.returncode != 0
     assert "config.train.epochs must be an integer >= 1" in done.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_deep_copied_config_with_widths_still_validates():
+    """``copy.deepcopy`` turns the ``model.widths`` dict into a ConfigDict; it is still valid."""
+    import copy
+
+    config = load_config(REPO / "configs" / "digits_smoke.py")
+    copied = copy.deepcopy(config)
+    validate_config(copied)
+    from xaijax.config_utils import model_widths
+
+    assert model_widths(copied) == model_widths(config) == dict(config.model.widths)

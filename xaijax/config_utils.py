@@ -171,7 +171,7 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         )
     widths = _get(config, "model.widths")
     if widths is not None:
-        if not isinstance(widths, Mapping):
+        if not isinstance(widths, Mapping | ml_collections.ConfigDict):  # deepcopy makes one
             _fail("model.widths", "must be None or a mapping layer name -> width", widths)
         for layer, width in widths.items():
             if not _is_int(width) or width < 1:
@@ -244,7 +244,7 @@ def _check_model_builds(
 
 
 def _as_dict(widths: Any) -> dict[str, int] | None:
-    return None if widths is None else {str(k): int(v) for k, v in dict(widths).items()}
+    return None if widths is None else {str(k): int(v) for k, v in widths.items()}
 
 
 def model_widths(config: ml_collections.ConfigDict) -> dict[str, int] | None:

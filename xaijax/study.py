@@ -119,29 +119,11 @@ def seed_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*SEED_FIELDS, *found)))
 
 
-def copy_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A deep copy of ``config`` that keeps plain-dict fields plain dicts (``copy.deepcopy``
-    turns a dict held by a placeholder field, e.g. ``model.widths``, into a ConfigDict, which
-    ``config_utils.validate_config`` rejects)."""
-    copied = copy.deepcopy(config)
-
-    def restore(original: ml_collections.ConfigDict, target: ml_collections.ConfigDict) -> None:
-        for key, value in original.items():
-            if isinstance(value, ml_collections.ConfigDict):
-                restore(value, target[key])
-            elif isinstance(value, dict):
-                target[key] = copy.deepcopy(value)
-
-    with copied.unlocked():
-        restore(config, copied)
-    return copied
-
-
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
     """A copy of ``config`` with every seed field (:func:`seed_fields`) set to ``seed``; missing
     sections are created (the pipeline merges their defaults)."""
     (seed,) = check_seeds((seed,))
-    config = copy_config(config)
+    config = copy.deepcopy(config)
     with config.unlocked():
         for path in seed_fields(config):
             *sections, name = path.split(".")
