@@ -11,6 +11,11 @@ the cores JAX's CPU backend uses. After a warm-up pass of each, every round time
 each side, the order alternating between rounds, so a busy minute on a shared machine slows both.
 Prints per-round images/s and the median of the per-round ratios xaijax / PyTorch.
 
+Other processes on the cores distort the multi-threaded comparison badly (PyTorch's OpenMP
+threads wait for each other at every op; with a load average of 5 on 2 cores its LeNet-5 loop ran
+30x slower than on the idle machine, XLA's 3x). Compare on an idle machine, or with ``--cores 1``
+(both sides on one core, one PyTorch thread), which load disturbs far less.
+
 PyTorch is needed only here: ``pip install -e '.[bench]'`` (or ``pip install torch==2.13.0``).
 """
 
@@ -50,6 +55,14 @@ def _import_torch() -> Any:
 def cpu_count() -> int:
     """The cores this process may run on: what JAX's CPU thread pool is sized to."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def pin_to_cores(count: int) -> None:
+    """Run this process (JAX's and PyTorch's threads) on the first ``count`` allowed cores."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= count <= len(allowed):
+        sys.exit(f"--cores must be between 1 and {len(allowed)}, got {count}")
+    os.sched_setaffinity(0, allowed[:count])
 
 
 def torch_lenet5(torch: Any) -> Any:
@@ -130,7 +143,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="steps per timed pass (0: default)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=0,
+        help="pin both sides to this many cores (0: all); --cores 1 compares the kernels alone, "
+        "which other load on a shared machine disturbs far less than multi-threaded runs",
+    )
     args = parser.parse_args()
+    if args.cores:
+        pin_to_cores(args.cores)
     torch = _import_torch()
     threads = cpu_count()
     torch.set_num_threads(threads)
