@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs, pipeline, report, runtime, training
+from xaijax import logs, pipeline, report, runtime, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and report.")
@@ -26,7 +26,7 @@ def main(argv: list[str]) -> None:
     logs.setup_logging()
     runtime.enable_compilation_cache()
     config = _CONFIG.value
-    training.initialize_distributed(config)
+    sharding.initialize_distributed(config)
     workdir = Path(_WORKDIR.value)
     results = pipeline.run(config, workdir)
     print(report.markdown_table(results["summary"]["stages"]), flush=True)

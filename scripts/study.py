@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from xaijax import logs, runtime, study, training
+from xaijax import logs, runtime, sharding, study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study (one folder per seed).")
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     logs.setup_logging()
     runtime.enable_compilation_cache()
     config = _CONFIG.value
-    training.initialize_distributed(config)
+    sharding.initialize_distributed(config)
     try:
         seeds = [int(seed) for seed in _SEEDS.value]
     except ValueError as err:

@@ -28,7 +28,11 @@ def _train_and_evaluate_once(tx):
 
 
 def _cache_sizes():
-    steps = (training.train_step_staged, training._init_variables, training._eval_staged)
+    steps = (
+        training.train_step_staged,
+        training.state._init_variables,
+        training.steps._eval_staged,
+    )
     return tuple(step._cache_size() for step in steps)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from xaijax import config_utils, data, models, training
+from xaijax import config_utils, data, models, sharding, training
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_DEVICES = 8
@@ -33,8 +33,8 @@ def compare_meshes(workdir: str) -> None:
     tx = training.make_optimizer(optimizer, steps_per_epoch=10, epochs=2)
     state = training.create_train_state(model, tx, 0, (1, 8, 8, 1))
     meshes = {
-        "one": training.make_mesh(jax.devices()[:1]),
-        "all": training.make_mesh(),
+        "one": sharding.make_mesh(jax.devices()[:1]),
+        "all": sharding.make_mesh(),
     }
     results = {}
     for name, mesh in meshes.items():
@@ -58,7 +58,7 @@ def compare_meshes(workdir: str) -> None:
         float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
-    staged = training.shard_batches(meshes["all"], np.zeros((2, 64, 8, 8, 1), np.float32))[0]
+    staged = sharding.shard_batches(meshes["all"], np.zeros((2, 64, 8, 8, 1), np.float32))[0]
     report = {
         "devices": jax.device_count(),
         "staged_batch_devices": len(staged.sharding.device_set),

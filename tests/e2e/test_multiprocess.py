@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xaijax import checkpoint, config_utils, data, importance, models, training
+from xaijax import checkpoint, config_utils, data, importance, models, sharding, training
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_VGG = {"conv1": 8, "conv2": 8, "conv3": 16, "conv4": 16, "fc1": 32}
@@ -95,7 +95,7 @@ def train_worker(process_id: int, port: int, workdir: str) -> None:
         sys.exit(3)
     config = config_utils.training_config()
     config.train.multihost = True
-    assert training.initialize_distributed(config)  # Already initialized: must be a no-op.
+    assert sharding.initialize_distributed(config)  # Already initialized: must be a no-op.
     assert jax.process_count() == NUM_PROCESSES and jax.device_count() == NUM_PROCESSES
     train, test = datasets()
     state = initial_state()
@@ -210,7 +210,7 @@ def test_two_processes_match_one_device(tmp_path):
     assert max_abs_difference(start.params, reference["params"]) > 1e-2  # Training did happen.
     assert max_abs_difference(first["variables"], reference) < 1e-5 * max(1.0, scale)
 
-    one_device = training.make_mesh(jax.devices()[:1])
+    one_device = sharding.make_mesh(jax.devices()[:1])
     evaluation = training.evaluate(state, test, 100, mesh=one_device)
     assert first["evaluation"]["num_examples"] == evaluation["num_examples"] == test.num_examples
     assert abs(first["evaluation"]["loss"] - evaluation["loss"]) < 1e-4
@@ -245,7 +245,7 @@ def scores_worker() -> None:
     _, test = datasets()
     report = {}
     for criterion in ("deeplift", "taylor"):
-        for name, mesh in (("one", training.make_mesh(jax.devices()[:1])), ("all", None)):
+        for name, mesh in (("one", sharding.make_mesh(jax.devices()[:1])), ("all", None)):
             scores = importance.score(
                 criterion,
                 model,

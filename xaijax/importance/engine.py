@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from xaijax import data as datasets
-from xaijax import training
+from xaijax import sharding
 from xaijax.importance.criterion import GRANULARITIES, Criterion, Granularity, Scores, Variables
 from xaijax.importance.references import REFERENCES, gaussian_blur, shared_references
 from xaijax.importance.registry import get_criterion
@@ -188,7 +188,7 @@ def host_batches(
     no larger than ``count`` rounded up); process ``p`` of ``P`` scores examples ``p::P``
     (``data.shard_for_host``), and every process yields the same number of batches.
     """
-    devices, processes = mesh.shape[training.DATA_AXIS], jax.process_count()
+    devices, processes = mesh.shape[sharding.DATA_AXIS], jax.process_count()
     global_batch = min(-(-batch_size // devices), -(-count // devices)) * devices
     local_batch = global_batch // processes
     local = datasets.shard_for_host(
@@ -229,7 +229,7 @@ def score(
     """Importance scores of every prunable layer of ``model`` (see ``xaijax.importance``).
 
     Data-parallel: each batch is sharded over the ``"data"`` axis of ``mesh`` (default: all
-    devices of all processes, ``training.make_mesh()``) and ``variables`` are replicated, so XLA
+    devices of all processes, ``sharding.make_mesh()``) and ``variables`` are replicated, so XLA
     sums the per-device partial scores. In a multi-process run every process passes the same
     ``data``, feeds only its share of each batch (examples ``p::P``) and gets the same global
     scores.
@@ -271,14 +271,14 @@ def score(
     if reference == "samples" and num_references > available:
         raise ValueError(f"num_references={num_references} exceeds the {available} examples given")
 
-    mesh = training.make_mesh() if mesh is None else mesh
-    if not isinstance(mesh, Mesh) or training.DATA_AXIS not in mesh.axis_names:
-        raise ValueError(f"mesh must be a jax.sharding.Mesh with a {training.DATA_AXIS!r} axis")
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    if not isinstance(mesh, Mesh) or sharding.DATA_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh must be a jax.sharding.Mesh with a {sharding.DATA_AXIS!r} axis")
 
     shared = shared_references(reference, images, num_references, seed)
     step = batch_sum_step(criterion, model, granularity, target, rule, float(blur_sigma))
-    variables, shared = training.replicate((variables, shared), mesh)
-    batch_sharding = NamedSharding(mesh, P(training.DATA_AXIS))
+    variables, shared = sharding.replicate((variables, shared), mesh)
+    batch_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
     total = None
     for local in host_batches(images, labels, count, batch_size, mesh):
         batch = [jax.make_array_from_process_local_data(batch_sharding, a) for a in local]
