@@ -129,7 +129,7 @@ def run_workers(workdir: Path) -> list[dict]:
     workers = []
     for process_id in range(NUM_PROCESSES):
         code = (
-            f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_multiprocess; "
+            f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'e2e')!r}); import test_multiprocess; "
             f"test_multiprocess.train_worker({process_id}, {port}, {str(workdir)!r})"
         )
         workers.append(
@@ -264,7 +264,7 @@ def test_eight_fake_devices_score_like_one():
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={FAKE_DEVICES}"}
     env["JAX_PLATFORMS"] = "cpu"
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import test_multiprocess; "
+        f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'e2e')!r}); import test_multiprocess; "
         "test_multiprocess.scores_worker()"
     )
     done = subprocess.run(
