@@ -8,13 +8,13 @@
   cross-max rule as a ``reduce_window`` max (first maximum wins), so its attributions agree.
 * :func:`conv_general_dilated`: a drop-in for ``lax.conv_general_dilated`` (Flax ``nn.Conv``'s
   ``conv_general_dilated`` field). XLA's CPU convolution is slow for one input channel (LeNet's
-  and the small VGG's first layer: 10-15x the time of the form below). There, a stride-1,
-  undilated 2-D convolution is computed as one matmul of the stacked shifted slices of the input
-  with the kernel; its derivative (a ``custom_jvp``) takes the kernel gradient from
-  ``lax.conv_general_dilated``, which is fast for that operand. Everything else, and every
-  backend but the CPU, goes to ``lax.conv_general_dilated`` unchanged. (A sum of shifted slices
-  times kernel taps is faster alone, but XLA fuses it into every consumer and recomputes it there,
-  which made gradients 5x slower; with more input channels both forms lose to XLA's own.)
+  and the small VGG's first layer: 10-15x the time of the forms below). There, a stride-1,
+  undilated 2-D convolution is a ``custom_jvp`` function: its value (what inference and DeepLIFT
+  evaluate, and what input gradients differentiate) is one matmul of the stacked shifted slices
+  of the input with the kernel; under differentiation (training) the value is a sum of shifted
+  slices times kernel taps and the kernel gradient is XLA's, which is fast for that operand.
+  Everything else, and every backend but the CPU, goes to ``lax.conv_general_dilated``
+  unchanged; with more input channels both forms lose to XLA's own.
 """
 
 from __future__ import annotations
@@ -66,21 +66,37 @@ def _explicit_padding(padding: _Padding, lhs: jax.Array, rhs: jax.Array) -> tupl
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _single_channel_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
-    """Stride-1 NHWC x HWIO convolution of a one-channel input as one matmul: the ``kh * kw``
-    shifted slices of the padded input are stacked on axis 1 (``[N, kh * kw, Ho, Wo]``, which
-    XLA writes in one cheap loop) and contracted with the kernel reshaped to ``[kh * kw, O]``.
-    The matmul also keeps XLA from fusing the sum into (and recomputing it in) every consumer."""
-    kh, kw = rhs.shape[:2]
+def _shifted_slices(lhs: jax.Array, window: tuple[int, int], padding: tuple) -> list[jax.Array]:
+    """The ``kh * kw`` slices ``pad(lhs)[:, i:i+Ho, j:j+Wo, 0]`` of a one-channel input, in
+    kernel order (row-major over ``(i, j)``)."""
+    kh, kw = window
     padded = jnp.pad(lhs[..., 0], ((0, 0), *padding))
     ho, wo = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+    return [padded[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _single_channel_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
+    """Stride-1 NHWC x HWIO convolution of a one-channel input as one matmul: the shifted slices
+    stacked on axis 1 (``[N, kh * kw, Ho, Wo]``, written in one cheap loop) contracted with the
+    kernel as ``[kh * kw, O]``. Its derivatives (the input's, for attributions) are a matmul and a
+    sum of shifted slices, also cheap; the matmul keeps XLA from fusing the convolution into, and
+    recomputing it in, every consumer. Training takes its value from :func:`_tap_sum_conv`."""
+    slices = _shifted_slices(lhs, rhs.shape[:2], padding)
     # jnp.concatenate, not jnp.stack: JAX's `stack` primitive is unknown to xaijax.deeplift.
-    patches = jnp.concatenate(
-        [padded[:, None, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], axis=1
-    )
-    kernel = rhs.reshape(kh * kw, rhs.shape[-1])
+    patches = jnp.concatenate([s[:, None] for s in slices], axis=1)
+    kernel = rhs.reshape(-1, rhs.shape[-1])
     return lax.dot_general(patches, kernel, (((1,), (0,)), ((), ())))
+
+
+def _tap_sum_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
+    """The same convolution as ``sum_ij slice_ij[..., None] * rhs[i, j, 0]``: one loop of
+    multiply-adds, the fastest form of the forward pass alone (several consumers may each
+    recompute it inside their own fusion, which a training step tolerates better than the
+    matmul's copies, while the derivatives with respect to the input do not)."""
+    taps = rhs.reshape(-1, rhs.shape[-1])
+    slices = _shifted_slices(lhs, rhs.shape[:2], padding)
+    return functools.reduce(jnp.add, (s[..., None] * taps[k] for k, s in enumerate(slices)))
 
 
 def _lax_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
@@ -90,12 +106,12 @@ def _lax_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
 
 
 def _single_channel_conv_jvp(padding: tuple, primals: tuple, tangents: tuple) -> tuple:
-    """Both terms are linear in the tangents, so reverse mode transposes them; the kernel term
-    uses XLA's convolution, whose kernel gradient is fast even where its forward pass is not.
-    Zero tangents (an input that is data, not a variable) cost nothing."""
+    """The value from :func:`_tap_sum_conv`; both tangent terms are linear, so reverse mode
+    transposes them: the kernel term uses XLA's convolution, whose kernel gradient is fast even
+    where its forward pass is not. Zero tangents (an input that is data) cost nothing."""
     lhs, rhs = primals
     lhs_dot, rhs_dot = tangents
-    out = _single_channel_conv(lhs, rhs, padding)
+    out = _tap_sum_conv(lhs, rhs, padding)
     terms = []
     if not isinstance(lhs_dot, SymbolicZero):
         terms.append(_single_channel_conv(lhs_dot, rhs, padding))
