@@ -17,6 +17,7 @@ import pytest
 import scipy.stats
 
 from xaijax import study
+from xaijax.config_utils import model_widths, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "digits_smoke.py"
@@ -198,7 +199,9 @@ def test_seed_config_sets_every_seed_field(config_file):
         section, name = path.split(".")
         assert seeded[section][name] == 7
         assert config[section][name] == 0  # the original is left alone
-    assert isinstance(seeded.model.widths, dict)
+    # The seeded copy is still a valid config with the same widths.
+    validate_config(seeded)
+    assert model_widths(seeded) == model_widths(config) == dict(config.model.widths)
 
 
 def scipy_interval(rows, stage, metric, ours, other):
