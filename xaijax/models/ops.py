@@ -79,13 +79,12 @@ def _shifted_slices(lhs: jax.Array, window: tuple[int, int], padding: tuple) -> 
     return [padded[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _single_channel_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
+def _patch_matmul_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
     """Stride-1 NHWC x HWIO convolution of a one-channel input as one matmul: the shifted slices
     stacked on axis 1 (``[N, kh * kw, Ho, Wo]``, written in one cheap loop) contracted with the
     kernel as ``[kh * kw, O]``. Its derivatives (the input's, for attributions) are a matmul and a
     sum of shifted slices, also cheap; the matmul keeps XLA from fusing the convolution into, and
-    recomputing it in, every consumer. Training takes its value from :func:`_tap_sum_conv`."""
+    recomputing it in, every consumer."""
     slices = _shifted_slices(lhs, rhs.shape[:2], padding)
     # jnp.concatenate, not jnp.stack: JAX's `stack` primitive is unknown to xaijax.deeplift.
     patches = jnp.concatenate([s[:, None] for s in slices], axis=1)
@@ -95,9 +94,10 @@ def _single_channel_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.
 
 def _tap_sum_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
     """The same convolution as ``sum_ij slice_ij[..., None] * rhs[i, j, 0]``: one loop of
-    multiply-adds, the fastest form of the forward pass alone (several consumers may each
-    recompute it inside their own fusion, which a training step tolerates better than the
-    matmul's copies, while the derivatives with respect to the input do not)."""
+    multiply-adds, the fastest form of the forward pass alone. XLA may recompute it inside
+    several consumers' fusions, which a training step tolerates better than the matmul's copies
+    (20% faster on LeNet-5), but an input gradient does not (its backward recomputes the sum in
+    the activation's mask: 20% slower than with the matmul)."""
     taps = rhs.reshape(-1, rhs.shape[-1])
     slices = _shifted_slices(lhs, rhs.shape[:2], padding)
     return functools.reduce(jnp.add, (s[..., None] * taps[k] for k, s in enumerate(slices)))
@@ -109,16 +109,21 @@ def _lax_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
     )
 
 
+_single_channel_conv = jax.custom_jvp(_patch_matmul_conv, nondiff_argnums=(2,))
+
+
 def _single_channel_conv_jvp(padding: tuple, primals: tuple, tangents: tuple) -> tuple:
-    """The value from :func:`_tap_sum_conv`; both tangent terms are linear, so reverse mode
-    transposes them: the kernel term uses XLA's convolution, whose kernel gradient is fast even
-    where its forward pass is not. Zero tangents (an input that is data) cost nothing."""
+    """Both tangent terms are linear, so reverse mode transposes them: the kernel term uses XLA's
+    convolution, whose kernel gradient is fast even where its forward pass is not. The value is
+    the tap sum when only the kernel is differentiated (training: the input is data), the matmul
+    when the input is (attributions). Zero tangents cost nothing."""
     lhs, rhs = primals
     lhs_dot, rhs_dot = tangents
-    out = _tap_sum_conv(lhs, rhs, padding)
+    input_is_data = isinstance(lhs_dot, SymbolicZero)
+    out = (_tap_sum_conv if input_is_data else _patch_matmul_conv)(lhs, rhs, padding)
     terms = []
-    if not isinstance(lhs_dot, SymbolicZero):
-        terms.append(_single_channel_conv(lhs_dot, rhs, padding))
+    if not input_is_data:
+        terms.append(_patch_matmul_conv(lhs_dot, rhs, padding))
     if not isinstance(rhs_dot, SymbolicZero):
         terms.append(_lax_conv(lhs, rhs_dot, padding))
     out_dot = functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
