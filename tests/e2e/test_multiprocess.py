@@ -27,6 +27,7 @@ import pytest
 from xaijax import checkpoint, config_utils, data, importance, models, sharding, training
 
 REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
 TINY_VGG = {"conv1": 8, "conv2": 8, "conv3": 16, "conv4": 16, "fc1": 32}
 NUM_PROCESSES = 2
 FAKE_DEVICES = 8
@@ -129,7 +130,7 @@ def run_workers(workdir: Path) -> list[dict]:
     workers = []
     for process_id in range(NUM_PROCESSES):
         code = (
-            f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'e2e')!r}); import test_multiprocess; "
+            f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_multiprocess; "
             f"test_multiprocess.train_worker({process_id}, {port}, {str(workdir)!r})"
         )
         workers.append(
@@ -264,7 +265,7 @@ def test_eight_fake_devices_score_like_one():
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={FAKE_DEVICES}"}
     env["JAX_PLATFORMS"] = "cpu"
     code = (
-        f"import sys; sys.path.insert(0, {str(REPO / 'tests' / 'e2e')!r}); import test_multiprocess; "
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_multiprocess; "
         "test_multiprocess.scores_worker()"
     )
     done = subprocess.run(
