@@ -33,3 +33,37 @@ def test_environment_chooses_or_disables_and_jax_setting_wins(tmp_path):
     assert _run(tmp_path, XAIJAX_COMPILATION_CACHE="off") == "None"
     own = tmp_path / "own"
     assert _run(tmp_path, JAX_COMPILATION_CACHE_DIR=str(own)) == str(own)
+
+
+FLAGS_SCRIPT = """
+import os, sys
+if sys.argv[1] == "started":
+    import jax.numpy as jnp
+    jnp.ones(2).block_until_ready()
+import xaijax
+print("flags", repr(os.environ.get("XLA_FLAGS")))
+"""
+
+
+def _flags_after_import(when: str, **env) -> str:
+    environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    environ.update(JAX_PLATFORMS="cpu", **env)
+    done = subprocess.run(
+        [sys.executable, "-c", FLAGS_SCRIPT, when],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split("flags ", 1)[1].strip()
+
+
+def test_import_sets_cpu_flags_only_when_the_user_did_not_and_no_backend_started():
+    from xaijax import runtime
+
+    assert _flags_after_import("fresh") == repr(runtime.DEFAULT_XLA_FLAGS)
+    assert _flags_after_import("fresh", XLA_FLAGS="--xla_cpu_enable_fast_math=false") == repr(
+        "--xla_cpu_enable_fast_math=false"
+    )
+    assert _flags_after_import("fresh", XLA_FLAGS="") == repr("")
+    assert _flags_after_import("started") == "None"

@@ -10,12 +10,15 @@ The transforms work on any Flax linen model whose prunable layers are described 
 * ``allocate_bits`` / ``quantized_model``: mixed-precision quantization (``quantization``).
 """
 
+from xaijax import runtime
 from xaijax._version import __version__
 from xaijax.deeplift import attribute, attribute_shap, layer_attributions, parameter_contributions
 from xaijax.importance import score
 from xaijax.pruning import params_mask, shrink, unit_masks, weight_masks
 from xaijax.quantization import allocate_bits, quantized_layer_kwargs, quantized_model
 from xaijax.weight_sharing import cluster_params, decode, shared_gradients
+
+runtime.set_default_xla_flags()  # Before any backend starts: XLA reads them once.
 
 __all__ = [
     "__version__",
