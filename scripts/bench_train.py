@@ -49,9 +49,7 @@ def staged_train_pass(
         started = time.perf_counter()
         state = holder[0]
         for i in range(steps):
-            state, metrics = training.train_step_staged(
-                state, images, labels, np.int32(i), None
-            )
+            state, metrics = training.train_step_staged(state, images, labels, np.int32(i), None)
         jax.block_until_ready((state, metrics))
         holder[0] = state
         return time.perf_counter() - started, float(metrics["loss"])
