@@ -1,5 +1,6 @@
 """Importance criteria: known answers, closed forms, additivity over examples, options, errors."""
 
+import dataclasses
 import functools
 
 import jax
@@ -60,6 +61,7 @@ def test_registry_and_unknown_criterion():
     assert set(importance.CRITERIA) == {
         "deeplift",
         "deeplift_shap",
+        "deeplift_magnitude",
         "magnitude",
         "taylor",
         "random",
@@ -290,3 +292,27 @@ def test_random_scores_are_seeded():
         assert np.all((s >= 0) & (s < 1))
     w = importance.score("random", model, variables, granularity="weight", seed=1)
     assert w["conv2"]["kernel"].shape == variables["params"]["conv2"]["kernel"].shape
+
+
+@pytest.mark.parametrize("granularity", importance.GRANULARITIES)
+def test_deeplift_magnitude_is_the_geometric_mean_of_its_parts(granularity):
+    model, variables, images, labels = lenet()
+    kwargs = dict(granularity=granularity, batch_size=6)
+    both = importance.score("deeplift_magnitude", model, variables, (images, labels), **kwargs)
+    alone = importance.score("deeplift", model, variables, (images, labels), **kwargs)
+    for name, kernel in variables["params"].items():
+        kernel = np.abs(np.asarray(kernel["kernel"], np.float64))
+        if granularity == "unit":  # L1 norm of each unit's kernel slice, computed here.
+            expected = np.sqrt(np.asarray(alone[name]) * kernel.reshape(-1, kernel.shape[-1]).sum(0))
+            np.testing.assert_allclose(both[name], expected, rtol=1e-5, atol=1e-8)
+        else:
+            expected = np.sqrt(np.asarray(alone[name]["kernel"]) * kernel)
+            np.testing.assert_allclose(both[name]["kernel"], expected, rtol=1e-5, atol=1e-8)
+
+
+def test_combined_criterion_needs_a_data_free_partner():
+    bad = importance.Criterion("twice_deeplift", per_example=importance.deeplift_per_example)
+    bad = dataclasses.replace(bad, times="taylor")
+    with pytest.raises(ValueError, match="times='taylor' must name a registered data-free"):
+        importance.register_criterion(bad)
+    assert "twice_deeplift" not in importance.CRITERIA

@@ -15,6 +15,8 @@ Criteria (:data:`CRITERIA`, selected by name):
   ``C(W_ij) = da_i * W_ij * m_j`` summed over positions (``xaijax.deeplift``). With several
   references the signed contributions are averaged over them before the absolute value (DeepSHAP).
 * ``deeplift_shap``: ``deeplift`` against ``num_references`` examples drawn from the data.
+* ``deeplift_magnitude``: DeepLIFT combined with magnitude, ``S = sqrt(S_deeplift * S_magnitude)``
+  elementwise (a criterion's ``times`` partner).
 * ``taylor``: first-order Taylor expansion of the cross-entropy loss ``L`` of the target class
   (Molchanov et al., 2017): ``S_k = mean_n |sum_positions a_n[..., k] * dL_n/da_n[..., k]|`` for a
   layer output ``a``; per weight ``S = mean_n |w * dL_n/dw|``.

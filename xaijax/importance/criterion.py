@@ -38,6 +38,8 @@ class Criterion:
       data_free: for data-free criteria, ``fn(model, variables, *, granularity, seed) -> scores``.
       default_reference: the reference used when :func:`score` gets ``reference=None``.
       fixed_reference: if set, the only reference the criterion accepts.
+      times: the name of a data-free criterion combined with this one by the geometric mean
+        ``S = sqrt(S_self * S_times)`` elementwise (e.g. DeepLIFT with magnitude); None: alone.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Criterion:
     data_free: Callable[..., Scores] | None = None
     default_reference: str = "zeros"
     fixed_reference: str | None = None
+    times: str | None = None
 
     @property
     def uses_data(self) -> bool:

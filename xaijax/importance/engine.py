@@ -285,4 +285,17 @@ def score(
         batch_total = step(variables, *batch, shared)
         total = batch_total if total is None else jax.tree.map(jnp.add, total, batch_total)
     # The sums are replicated on every device; hand back ordinary default-device arrays.
-    return jax.tree.map(lambda t: jnp.asarray(np.asarray(t)) / count, total)
+    scores = jax.tree.map(lambda t: jnp.asarray(np.asarray(t)) / count, total)
+    return scores if crit.times is None else combined(crit, scores, model, variables, granularity)
+
+
+def combined(
+    crit: Criterion,
+    scores: Scores,
+    model: nn.Module,
+    variables: Variables,
+    granularity: Granularity,
+) -> Scores:
+    """``sqrt(S * S_times)`` elementwise: ``scores`` of ``crit`` with its data-free partner."""
+    partner = get_criterion(crit.times).data_free(model, variables, granularity=granularity, seed=0)
+    return jax.tree.map(lambda a, b: jnp.sqrt(a * b), scores, partner)

@@ -20,6 +20,9 @@ CRITERIA: dict[str, Criterion] = {
         default_reference="samples",
         fixed_reference="samples",
     ),
+    "deeplift_magnitude": Criterion(
+        "deeplift_magnitude", per_example=deeplift_per_example, times="magnitude"
+    ),
     "taylor": Criterion("taylor", per_example=taylor_per_example),
     "magnitude": Criterion("magnitude", data_free=magnitude_scores),
     "random": Criterion("random", data_free=random_scores),
@@ -41,4 +44,11 @@ def register_criterion(criterion: Criterion) -> None:
         raise ValueError(f"criterion {criterion.name!r} is already registered")
     if (criterion.per_example is None) == (criterion.data_free is None):
         raise ValueError("a criterion needs exactly one of per_example and data_free")
+    if criterion.times is not None and (
+        criterion.times not in CRITERIA or CRITERIA[criterion.times].uses_data
+    ):
+        raise ValueError(
+            f"criterion {criterion.name!r}: times={criterion.times!r} must name a registered "
+            "data-free criterion"
+        )
     CRITERIA[criterion.name] = criterion
