@@ -303,7 +303,8 @@ def test_deeplift_magnitude_is_the_geometric_mean_of_its_parts(granularity):
     for name, kernel in variables["params"].items():
         kernel = np.abs(np.asarray(kernel["kernel"], np.float64))
         if granularity == "unit":  # L1 norm of each unit's kernel slice, computed here.
-            expected = np.sqrt(np.asarray(alone[name]) * kernel.reshape(-1, kernel.shape[-1]).sum(0))
+            l1 = kernel.reshape(-1, kernel.shape[-1]).sum(0)
+            expected = np.sqrt(np.asarray(alone[name]) * l1)
             np.testing.assert_allclose(both[name], expected, rtol=1e-5, atol=1e-8)
         else:
             expected = np.sqrt(np.asarray(alone[name]["kernel"]) * kernel)
