@@ -491,3 +491,29 @@ def test_share_experiment_end_to_end_from_pruned_variables(tmp_path):
     config.share.bits = (9,)
     with pytest.raises(ValueError, match=r"config\.share\.bits"):
         share.run(config, tmp_path / "bad", variables=variables)
+
+
+def test_share_importance_exponent_powers_the_kmeans_weights():
+    """p = 0.5 weighs k-means by sqrt|w| (magnitude), p = 0 clusters like plain k-means."""
+    from xaijax import models
+    from xaijax.experiments import share
+
+    model = models.get_model("vgg_small", widths=SHARE_WIDTHS)
+    variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))
+    section = share.defaults()
+    for exponent in (1.0, 0.5, 0.0):
+        section.importance_exponent = exponent
+        share.validate(section)
+        weights = share.importance_scores("magnitude", section, model, variables, None)
+        for name, layer in variables["params"].items():
+            if "kernel" in layer:
+                expected = np.abs(np.asarray(layer["kernel"])) ** exponent
+                np.testing.assert_allclose(weights[name]["kernel"], expected, rtol=1e-6)
+    flat = ws.cluster_params(variables["params"], 2, weights)
+    plain = ws.cluster_params(variables["params"], 2)
+    for name in plain:
+        np.testing.assert_array_equal(flat[name].indices, plain[name].indices)
+        np.testing.assert_allclose(flat[name].codebook, plain[name].codebook, rtol=1e-6)
+    section.importance_exponent = -1.0
+    with pytest.raises(ValueError, match="importance_exponent must be >= 0"):
+        share.validate(section)

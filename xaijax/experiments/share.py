@@ -2,11 +2,12 @@
 
 For every bit width in ``config.share.bits`` and importance in ``config.share.importances``
 (``uniform`` = plain k-means, or any criterion of ``xaijax.importance``, e.g. ``magnitude`` = |w|
-and ``deeplift`` = mean over examples of |DeepLIFT contribution of the weight|), each Conv / Dense
-kernel is clustered into 2^bits shared values (``xaijax.weight_sharing.cluster_params``),
-evaluated, fine-tuned with each centroid moved by the summed gradient of its members
-(``shared_gradients`` chained before the config's optimizer), snapped back onto its codebook and
-evaluated again. Exact zeros in kernels (pruned weights) stay zero and out of the clustering.
+and ``deeplift`` = mean over examples of |DeepLIFT contribution of the weight|, raised to
+``importance_exponent``), each Conv / Dense kernel is clustered into 2^bits shared values
+(``xaijax.weight_sharing.cluster_params``), evaluated, fine-tuned with each centroid moved by the
+summed gradient of its members (``shared_gradients`` chained before the config's optimizer),
+snapped back onto its codebook and evaluated again. Exact zeros in kernels (pruned weights) stay
+zero and out of the clustering.
 
 Outputs in ``workdir``: ``results.json`` (atomic), ``results.csv``, ``results.md`` and the plots
 ``accuracy_vs_bits.png``, ``accuracy_before_finetune_vs_bits.png``, ``accuracy_vs_ratio.png``.
@@ -39,7 +40,14 @@ UNIFORM = "uniform"
 #: ``share`` fields that only locate the starting point (its variables digest stands for them).
 STARTING_POINT_FIELDS = ("variables_dir", "trained_workdir")
 #: ``share`` fields read only when an importance criterion scores the weights.
-SCORING_FIELDS = ("target", "reference", "num_references", "num_examples", "score_batch_size")
+SCORING_FIELDS = (
+    "target",
+    "reference",
+    "num_references",
+    "num_examples",
+    "score_batch_size",
+    "importance_exponent",
+)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -61,6 +69,9 @@ def defaults() -> ml_collections.ConfigDict:
             "num_references": 8,
             "num_examples": 5_000,
             "score_batch_size": 128,
+            # k-means weights s_i^p: p = 1 weights by the importance itself, 0.5 by its square
+            # root (flatter), 0 ignores it (plain k-means).
+            "importance_exponent": 1.0,
             "seed": 0,
             # Fine-tuning (the config's optimizer with this learning rate, constant schedule).
             "finetune_epochs": 1,
@@ -108,6 +119,9 @@ def validate(share: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.share.{field} must be an integer >= {minimum}, got {value!r}")
     if not share.finetune_learning_rate > 0:
         raise ValueError("config.share.finetune_learning_rate must be > 0")
+    exponent = share.importance_exponent
+    if isinstance(exponent, bool) or not isinstance(exponent, int | float) or not exponent >= 0:
+        raise ValueError(f"config.share.importance_exponent must be >= 0, got {exponent!r}")
 
 
 def importance_scores(
@@ -115,12 +129,13 @@ def importance_scores(
     share: ml_collections.ConfigDict,
     model: Any,
     variables: Mapping[str, Any],
-    train: data.Dataset,
+    train: data.Dataset | None,
 ) -> Any:
-    """Per-weight importance ``{layer: {"kernel": scores}}``, or None for plain k-means."""
+    """Per-weight k-means weights ``{layer: {"kernel": s ** share.importance_exponent}}`` from
+    the criterion ``name``'s scores ``s``, or None for plain k-means."""
     if name == UNIFORM:
         return None
-    return jax.device_get(
+    scores = jax.device_get(
         importance.score(
             name,
             model,
@@ -128,13 +143,14 @@ def importance_scores(
             train,
             granularity="weight",
             batch_size=share.score_batch_size,
-            num_examples=min(share.num_examples, train.num_examples),
+            num_examples=None if train is None else min(share.num_examples, train.num_examples),
             target=share.target,
             reference=share.reference,
             num_references=share.num_references,
             seed=share.seed,
         )
     )
+    return jax.tree.map(lambda s: np.power(s, share.importance_exponent), scores)
 
 
 def squared_error(params: Any, shared_params: Any) -> float:
