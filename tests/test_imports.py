@@ -30,7 +30,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"models", "deeplift", "weight_sharing", "config_utils"}),
     frozenset({"training"}),
     frozenset({"importance", "pruning", "quantization"}),
-    frozenset({"experiments"}),
+    frozenset({"experiments", "artifact"}),
     frozenset({"pipeline", "study", "defaults", "__init__"}),
 )
 
