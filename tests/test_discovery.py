@@ -137,6 +137,32 @@ def test_follows_moved_and_restored_channels_and_ops_after_the_logits():
     )
 
 
+class GatedCNN(nn.Module):
+    """Squeeze-and-excitation gating, dropout and a rematerialized block."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.remat(nn.Conv)(8, (3, 3), name="features")(x)
+        gate = nn.relu(nn.Dense(4, name="squeeze")(x.mean(axis=(1, 2))))
+        gate = nn.sigmoid(nn.Dense(8, name="excite")(gate))
+        x = x * gate[:, None, None, :]
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(10, name="head")(x.reshape((x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_gating_ties_the_gate_to_the_gated_channels(train):
+    # x * gate multiplies channel c of features by unit c of excite: one channel, so the two
+    # are tied; their group's channels are read by squeeze (through the spatial mean) and by
+    # head (through dropout and the flatten). Dropout's random mask carries no layer channels.
+    assert discover_layer_specs(GatedCNN(), SMALL, train=train) == (
+        spec("features", "conv", consumers=["squeeze", "head"], tied="features"),
+        spec("squeeze", "dense", consumers=["excite"]),
+        spec("excite", "dense", consumers=["squeeze", "head"], tied="features"),
+        spec("head", "dense", classifier=True),
+    )
+
+
 class ChannelSlice(nn.Module):
     @nn.compact
     def __call__(self, x):

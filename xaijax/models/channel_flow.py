@@ -260,12 +260,12 @@ def _equation(eqn: core.JaxprEqn, states: list[State], hook: Hook, tie: Tie) -> 
     if handled is not None:
         return handled
     n_out = len(eqn.outvars)
-    if all(s is None for s in states):
-        return [None] * n_out
-    if eqn.primitive.name in CALLS:
+    if eqn.primitive.name in CALLS:  # Entered even without channels: it may hold layer tags.
         body = _sub_jaxpr(eqn)
         if body is not None:
             return propagate(body, states, hook, tie)
+    if all(s is None for s in states):
+        return [None] * n_out
     lost = [s for s in states if isinstance(s, Lost)]
     if lost:
         sources = _layer_sources(states)

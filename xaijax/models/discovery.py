@@ -10,7 +10,9 @@ primitive, so the jaxpr of the whole forward pass shows where every layer's outp
   order: by depth (the longest chain of layers from the input), ties in call order;
 * the BatchNorm whose input is one layer's output channels (after activations or pooling);
 * the consumers: the layers that read a layer's channels (through flattening: the Dense reading
-  ``H * W * C`` rows), for a tied layer those of its whole group;
+  ``H * W * C`` rows), for a tied layer those of its whole group. After a concatenation the
+  consumer is listed for every concatenated layer; a LayerSpec does not say where in the
+  consumer's input each layer's channels start;
 * the tied groups: layers whose channels an elementwise operation (a residual addition) joins,
   named after their first member;
 * the classifier: the layer whose output channels are the model's output.
