@@ -1,4 +1,5 @@
-"""Quantized ops of the AQT backend: numerics, forward error, straight-through gradients, widths."""
+"""Quantized ops of the AQT and qwix backends: numerics, forward error, straight-through
+gradients, widths. Every backend test runs for both backends (``BACKENDS``)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ from jax import lax
 
 from xaijax.models import get_model, layer_specs
 from xaijax.quantization import (
-    AQT_BACKEND,
     REFERENCE_BACKEND,
     SUPPORTED_BITS,
     channel_scales,
     fake_quantize,
     fake_quantize_params,
+    get_backend,
     quantize_kernel,
     quantized_layer_kwargs,
     quantized_model,
 )
 
+BACKENDS = ["aqt", "qwix"]
 CONV_CASES = [  # (padding, strides, dilation)
     ("SAME", (1, 1), (1, 1)),
     ("VALID", (2, 1), (1, 1)),
@@ -33,18 +35,28 @@ CONV_CASES = [  # (padding, strides, dilation)
 ]
 
 
-def dense_layer(bits: int, activation_bits: int | None = None, features: int = 6) -> nn.Dense:
-    return nn.Dense(features, **AQT_BACKEND.layer_kwargs("dense", bits, activation_bits))
+def dense_layer(
+    bits: int, activation_bits: int | None = None, features: int = 6, backend: str = "aqt"
+) -> nn.Dense:
+    return nn.Dense(features, **get_backend(backend).layer_kwargs("dense", bits, activation_bits))
 
 
-def conv_layer(bits: int, padding="SAME", strides=(1, 1), dilation=(1, 1), features=5) -> nn.Conv:
+def conv_layer(
+    bits: int,
+    padding="SAME",
+    strides=(1, 1),
+    dilation=(1, 1),
+    features=5,
+    backend: str = "aqt",
+    activation_bits: int | None = None,
+) -> nn.Conv:
     return nn.Conv(
         features,
         (3, 3),
         strides=strides,
         padding=padding,
         kernel_dilation=dilation,
-        **AQT_BACKEND.layer_kwargs("conv", bits, None),
+        **get_backend(backend).layer_kwargs("conv", bits, activation_bits),
     )
 
 
@@ -100,13 +112,14 @@ def test_zero_channel_quantizes_to_zero():
     assert float(scales[0]) == pytest.approx(1 / 3) and not np.any(np.asarray(q[:, 0]))
 
 
-def test_dense_forward_is_fake_quantized_matmul_and_error_shrinks():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_forward_is_fake_quantized_matmul_and_error_shrinks(backend):
     x, variables = random_params(jax.random.key(0), (32, 64), (64, 6))
     kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
     y_float = x @ kernel + bias
     errors = []
     for bits in SUPPORTED_BITS:
-        y = dense_layer(bits).apply(variables, x)
+        y = dense_layer(bits, backend=backend).apply(variables, x)
         y_ref = jnp.dot(x, fake_quantize(kernel, bits), precision="highest") + bias
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
         # |x (W - Q(W))| <= |x| @ (scale / 2) per output channel.
@@ -116,14 +129,15 @@ def test_dense_forward_is_fake_quantized_matmul_and_error_shrinks():
     assert all(b < a for a, b in itertools.pairwise(errors)), errors
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("padding", "strides", "dilation"), CONV_CASES)
-def test_conv_forward_is_fake_quantized_conv_and_error_shrinks(padding, strides, dilation):
+def test_conv_forward_is_fake_quantized_conv_and_error_shrinks(padding, strides, dilation, backend):
     x, variables = random_params(jax.random.key(1), (2, 11, 10, 4), (3, 3, 4, 5))
     kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
     y_float = float_conv(x, kernel, bias, padding, strides, dilation)
     errors = []
     for bits in SUPPORTED_BITS:
-        y = conv_layer(bits, padding, strides, dilation).apply(variables, x)
+        y = conv_layer(bits, padding, strides, dilation, backend=backend).apply(variables, x)
         y_ref = float_conv(x, fake_quantize(kernel, bits), bias, padding, strides, dilation)
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
         ones = jnp.ones_like(kernel)
@@ -147,17 +161,18 @@ def _cosine(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["dense", "conv"])
-def test_straight_through_gradients(kind):
+def test_straight_through_gradients(kind, backend):
     """Gradients equal the float layer's gradients at the quantized kernel (straight-through)."""
     if kind == "dense":
         x, variables = random_params(jax.random.key(2), (16, 40), (40, 6))
         float_apply = nn.Dense(6).apply
-        quant_apply = lambda bits: dense_layer(bits).apply
+        quant_apply = lambda bits: dense_layer(bits, backend=backend).apply
     else:
         x, variables = random_params(jax.random.key(3), (2, 9, 9, 3), (3, 3, 3, 5))
         float_apply = nn.Conv(5, (3, 3), padding="SAME").apply
-        quant_apply = lambda bits: conv_layer(bits).apply
+        quant_apply = lambda bits: conv_layer(bits, backend=backend).apply
     kernel = variables["params"]["kernel"]
     float_grads = _grads(float_apply, variables, x)
     for bits in (2, 4, 8):
@@ -173,16 +188,19 @@ def test_straight_through_gradients(kind):
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.05
 
 
-def test_activation_quantization_per_row():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_activation_quantization_per_row(backend):
     """With activation bits, the input is quantized per row: scale = max|x_row| / (2^(a-1)-1)."""
     x, variables = random_params(jax.random.key(4), (8, 30), (30, 6))
     kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
-    for bits, act_bits in [(4, 8), (8, 4), (3, 3)]:
-        y = dense_layer(bits, act_bits).apply(variables, x)
+    # qwix cannot multiply two int4-stored operands (qwix_backend.check_supported).
+    cases = [(4, 8), (8, 4), (5, 3)] + ([(3, 3)] if backend == "aqt" else [])
+    for bits, act_bits in cases:
+        y = dense_layer(bits, act_bits, backend=backend).apply(variables, x)
         x_q = fake_quantize(x.T, act_bits).T  # rows of x are the "channels" of the lhs
         y_ref = jnp.dot(x_q, fake_quantize(kernel, bits), precision="highest") + bias
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-4)
-        y_weights_only = dense_layer(bits).apply(variables, x)
+        y_weights_only = dense_layer(bits, backend=backend).apply(variables, x)
         assert float(jnp.max(jnp.abs(y - y_weights_only))) > 1e-3
 
 
@@ -197,17 +215,19 @@ def _effective_kernel(layer: nn.Module, variables, kind: str) -> np.ndarray:
     return np.asarray(out).reshape(kernel.shape)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["dense", "conv"])
 @pytest.mark.parametrize("bits", SUPPORTED_BITS)
-def test_layer_runs_at_its_width(kind, bits):
+def test_layer_runs_at_its_width(kind, bits, backend):
     """The applied kernel has at most 2^b - 1 levels per channel, more than b-1 bits could hold."""
     key = jax.random.key(bits)
     if kind == "dense":
         kernel = jax.random.uniform(key, (1200, 3), minval=-1.0, maxval=1.0)
-        layer = dense_layer(bits, features=3)
+        layer = dense_layer(bits, features=3, backend=backend)
     else:
         kernel = jax.random.uniform(key, (5, 5, 48, 3), minval=-1.0, maxval=1.0)
-        layer = nn.Conv(3, (5, 5), padding="VALID", **AQT_BACKEND.layer_kwargs("conv", bits, None))
+        extra = get_backend(backend).layer_kwargs("conv", bits, None)
+        layer = nn.Conv(3, (5, 5), padding="VALID", **extra)
     variables = {"params": {"kernel": kernel, "bias": jnp.arange(3.0)}}
     applied = _effective_kernel(layer, variables, kind).reshape(-1, 3)
     scales = np.asarray(channel_scales(kernel, bits))
@@ -217,12 +237,14 @@ def test_layer_runs_at_its_width(kind, bits):
         assert 2 ** (bits - 1) - 1 < len(levels) <= 2**bits - 1
 
 
-def test_each_model_layer_runs_at_its_allocated_width():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_model_layer_runs_at_its_allocated_width(backend):
     model = get_model("lenet5")
     x = jax.random.normal(jax.random.key(5), (3, 28, 28, 1))
     variables = jax.jit(model.init)(jax.random.key(6), x)
     bits = {"conv1": 8, "conv2": 3, "fc1": 2, "fc2": 5, "fc3": 6}
-    qmodel = get_model("lenet5", layer_kwargs=quantized_layer_kwargs(bits, layer_specs(model)))
+    layer_kwargs = quantized_layer_kwargs(bits, layer_specs(model), backend=backend)
+    qmodel = get_model("lenet5", layer_kwargs=layer_kwargs)
 
     @jax.jit
     def run(variables, x):
@@ -263,12 +285,14 @@ def test_each_model_layer_runs_at_its_allocated_width():
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_model_gradients_are_straight_through():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_gradients_are_straight_through(backend):
     model = get_model("lenet5")
     x = jax.random.normal(jax.random.key(7), (4, 28, 28, 1))
     params = jax.jit(model.init)(jax.random.key(8), x)["params"]
     bits = {"conv1": 4, "conv2": 2, "fc1": 3, "fc2": 8, "fc3": 5}
-    qmodel = get_model("lenet5", layer_kwargs=quantized_layer_kwargs(bits, layer_specs(model)))
+    layer_kwargs = quantized_layer_kwargs(bits, layer_specs(model), backend=backend)
+    qmodel = get_model("lenet5", layer_kwargs=layer_kwargs)
 
     def loss(apply, p):
         return jnp.mean(jax.nn.log_softmax(apply({"params": p}, x))[:, 0])
@@ -297,8 +321,9 @@ def test_bad_layer_or_activation_bits_raise():
         quantize_kernel(jnp.ones((2, 2)), 1)
 
 
-def test_aqt_backend_matches_reference_backend_in_training_mode():
-    """A BatchNorm VGG in train mode: AQT and the plain-JAX reference give the same loss,
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_matches_reference_backend_in_training_mode(backend):
+    """A BatchNorm VGG in train mode: the backend and the plain-JAX reference give the same loss,
     gradients and batch statistics."""
     model = get_model(
         "vgg_small", widths={"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}
@@ -318,12 +343,23 @@ def test_aqt_backend_matches_reference_backend_in_training_mode():
 
         return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
 
-    (aqt_loss, aqt_stats), aqt_grads = loss_and_grads(AQT_BACKEND)
+    (got_loss, got_stats), got_grads = loss_and_grads(backend)
     (ref_loss, ref_stats), ref_grads = loss_and_grads(REFERENCE_BACKEND)
-    np.testing.assert_allclose(aqt_loss, ref_loss, rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(aqt_grads), jax.tree.leaves(ref_grads), strict=True):
+    np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-    for got, want in zip(jax.tree.leaves(aqt_stats), jax.tree.leaves(ref_stats), strict=True):
+    for got, want in zip(jax.tree.leaves(got_stats), jax.tree.leaves(ref_stats), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="weights only"):
         quantized_model(model, bits, activation_bits=8, backend=REFERENCE_BACKEND)
+
+
+def test_backend_by_name():
+    specs = layer_specs(get_model("lenet5"))
+    with pytest.raises(ValueError, match=r"unknown quantization backend 'tflite'.*'aqt'"):
+        quantized_layer_kwargs({"conv1": 4}, specs, backend="tflite")
+    by_name = quantized_layer_kwargs({"conv1": 4, "fc1": 3}, specs, backend="qwix")
+    assert set(by_name["conv1"]) == {"conv_general_dilated"} and set(by_name["fc1"]) == {
+        "dot_general"
+    }
+    assert set(quantized_layer_kwargs({"conv1": 4}, specs)["conv1"]) == {"conv_general_dilated_cls"}

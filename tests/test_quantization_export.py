@@ -72,10 +72,11 @@ def test_integer_model_round_trip(lenet, tmp_path, pack):
     assert size > 0
 
     integer_variables = dequantize(restored)
-    qmodel = get_model("lenet5", layer_kwargs=quantized_layer_kwargs(BITS, layer_specs(model)))
-    fake_quantized = jax.jit(qmodel.apply)(variables, x)
     from_integers = jax.jit(model.apply)(integer_variables, x)
-    np.testing.assert_allclose(from_integers, fake_quantized, rtol=1e-5, atol=1e-5)
+    for backend in ("aqt", "qwix"):  # the export agrees with the model of every backend
+        layer_kwargs = quantized_layer_kwargs(BITS, layer_specs(model), backend=backend)
+        fake_quantized = jax.jit(get_model("lenet5", layer_kwargs=layer_kwargs).apply)(variables, x)
+        np.testing.assert_allclose(from_integers, fake_quantized, rtol=1e-5, atol=1e-5)
     for name, bits in BITS.items():
         np.testing.assert_allclose(
             integer_variables["params"][name]["kernel"],

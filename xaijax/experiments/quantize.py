@@ -1,7 +1,8 @@
 """Mixed-precision quantization experiment: bit allocation strategies x budgets, PTQ and QAT.
 
 Settings are the ``config.quantize`` section (:func:`defaults`; the fine-tuning learning rate
-defaults to a tenth of ``config.optimizer.learning_rate``, cosine-decayed). For every budget
+defaults to a tenth of ``config.optimizer.learning_rate``, cosine-decayed; ``backend`` picks the
+quantized ops: ``"aqt"`` (default) or ``"qwix"``, same numerics). For every budget
 (average bits per weight) and strategy it allocates bits per layer, evaluates post-training
 quantization (float weights), fine-tunes the quantized model (QAT; allocations that coincide share
 one fine-tuning), exports the integers plus scales with orbax and measures the files, and checks
@@ -46,6 +47,7 @@ from xaijax.quantization import (
     dequantize,
     directory_size,
     export_integer_model,
+    get_backend,
     get_strategy,
     hessian_sensitivity,
     hutchinson_traces,
@@ -70,6 +72,7 @@ def defaults() -> ml_collections.ConfigDict:
             "budgets": (3.0, 4.0, 6.0),
             "bit_choices": SUPPORTED_BITS,
             "activation_bits": config_dict.placeholder(int),
+            "backend": "aqt",
             "finetune_epochs": 2,
             "finetune_learning_rate": config_dict.placeholder(float),
             "finetune_batch_size": 128,
@@ -113,6 +116,13 @@ def validate(q: ml_collections.ConfigDict) -> None:
             )
     if q.finetune_learning_rate is not None and not q.finetune_learning_rate > 0:
         raise ValueError("config.quantize.finetune_learning_rate must be > 0")
+    try:  # an unknown name, or widths the backend cannot run (probed on both layer kinds)
+        backend = get_backend(q.backend)
+        for kind in ("conv", "dense"):
+            for bits in q.bit_choices:
+                backend.layer_kwargs(kind, bits, q.activation_bits)
+    except ValueError as error:
+        raise ValueError(f"config.quantize.backend={q.backend!r}: {error}") from error
 
 
 def sensitivities(
@@ -183,7 +193,8 @@ def allocation_fingerprint(
     bits: dict[str, int],
 ) -> provenance.Fingerprint:
     """What determines one allocation's PTQ, QAT and export: the model, the digest of the
-    variables it starts from, the bits, activation bits, fine-tuning settings and packing."""
+    variables it starts from, the bits, activation bits, backend, fine-tuning settings and
+    packing."""
     return provenance.fingerprint(
         unit="quantize",
         model=provenance.model_identity(model),
@@ -191,6 +202,7 @@ def allocation_fingerprint(
         data=config.data,
         bits=bits,
         activation_bits=q.activation_bits,
+        backend=q.backend,
         pack_export=q.pack_export,
         finetune=common.finetune_settings(
             config,
@@ -219,7 +231,7 @@ def run_one(
     if done.exists():
         return json.loads(done.read_text())
     timer = common.Timer()
-    qmodel = quantized_model(model, bits, activation_bits=q.activation_bits)
+    qmodel = quantized_model(model, bits, activation_bits=q.activation_bits, backend=q.backend)
     eval_batch = config.train.eval_batch_size
     with timer.phase("ptq"):
         ptq = common.evaluate_test(qmodel, variables, splits, eval_batch)

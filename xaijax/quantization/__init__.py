@@ -1,8 +1,11 @@
-"""Mixed-precision integer quantization: bit allocation (DeepLIFT, Hessian, uniform) -> AQT ops.
+"""Mixed-precision integer quantization: bit allocation (DeepLIFT, Hessian, uniform) -> AQT or
+qwix ops.
 
-* ``backend``: numerics, the backend interface (layer kind -> bits -> op kwargs), its AQT
-  implementation and a plain-JAX reference one; ``quantized_layer_kwargs`` feeds
-  ``xaijax.models.get_model(layer_kwargs=...)`` and ``quantized_model`` clones a model with them.
+* ``numerics``: symmetric per-output-channel integer quantization shared by everything below.
+* ``backend``: the backend interface (layer kind -> bits -> op kwargs), the registry
+  (``"aqt"`` default, ``"qwix"``, ``"reference"``) and a plain-JAX reference backend;
+  ``quantized_layer_kwargs`` feeds ``xaijax.models.get_model(layer_kwargs=...)`` and
+  ``quantized_model`` clones a model with them. ``aqt_backend`` and ``qwix_backend`` implement it.
 * ``sensitivity``: per-layer, per-width sensitivities (DeepLIFT multipliers or Hessian traces times
   the quantization error).
 * ``allocation``: strategies and the exact multiple-choice knapsack solver.
@@ -23,16 +26,20 @@ from xaijax.quantization.allocation import (
 )
 from xaijax.quantization.backend import (
     AQT_BACKEND,
+    BACKENDS,
+    QWIX_BACKEND,
     REFERENCE_BACKEND,
     SUPPORTED_BITS,
     AqtBackend,
     QuantizationBackend,
+    QwixBackend,
     ReferenceBackend,
     aqt_dot_general_config,
     channel_scales,
     check_bits,
     fake_quantize,
     fake_quantize_params,
+    get_backend,
     quantize_kernel,
     quantized_layer_kwargs,
     quantized_model,
@@ -60,12 +67,15 @@ from xaijax.quantization.sensitivity import (
 
 __all__ = [
     "AQT_BACKEND",
+    "BACKENDS",
+    "QWIX_BACKEND",
     "REFERENCE_BACKEND",
     "STRATEGIES",
     "SUPPORTED_BITS",
     "AqtBackend",
     "Budget",
     "QuantizationBackend",
+    "QwixBackend",
     "ReferenceBackend",
     "Strategy",
     "allocate_bits",
@@ -80,6 +90,7 @@ __all__ = [
     "export_integer_model",
     "fake_quantize",
     "fake_quantize_params",
+    "get_backend",
     "get_strategy",
     "hessian_sensitivity",
     "hutchinson_traces",

@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from xaijax.quantization.backend import SUPPORTED_BITS, check_bits
+from xaijax.quantization.numerics import SUPPORTED_BITS, check_bits
 
 SensitivityTable = Mapping[str, Mapping[int, float]]
 

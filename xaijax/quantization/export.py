@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from xaijax.checkpoint import load_variables, save_variables
-from xaijax.quantization.backend import check_bits, quant_bound, quantize_kernel
+from xaijax.quantization.numerics import check_bits, quant_bound, quantize_kernel
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:

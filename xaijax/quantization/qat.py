@@ -15,7 +15,7 @@ import flax.linen as nn
 import optax
 
 from xaijax import data, training
-from xaijax.quantization.backend import quantized_model
+from xaijax.quantization.backend import QuantizationBackend, quantized_model
 
 
 def post_training_accuracy(
@@ -26,9 +26,13 @@ def post_training_accuracy(
     *,
     activation_bits: int | None = None,
     batch_size: int = 500,
+    backend: QuantizationBackend | str = "aqt",
 ) -> dict[str, float]:
-    """Accuracy and loss on ``ds`` of ``model`` quantized at ``bits_per_layer``, float weights."""
-    qmodel = quantized_model(model, bits_per_layer, activation_bits=activation_bits)
+    """Accuracy and loss on ``ds`` of ``model`` quantized at ``bits_per_layer`` by ``backend``
+    (float weights)."""
+    qmodel = quantized_model(
+        model, bits_per_layer, activation_bits=activation_bits, backend=backend
+    )
     return training.evaluate(qmodel, ds, batch_size, variables=dict(variables))
 
 
@@ -45,14 +49,18 @@ def quantization_aware_finetune(
     batch_size: int,
     seed: int = 0,
     activation_bits: int | None = None,
+    backend: QuantizationBackend | str = "aqt",
     **fit_kwargs: Any,
 ) -> tuple[training.TrainState, list[dict[str, Any]]]:
     """Fine-tune ``variables`` with the quantized model in the jit training loop (resumable).
 
     Returns ``training.fit``'s ``(state, eval history)``; ``state.variables`` are float weights
-    whose quantization at ``bits_per_layer`` is the fine-tuned model.
+    whose quantization at ``bits_per_layer`` is the fine-tuned model (``backend``: as in
+    ``quantized_model``).
     """
-    qmodel = quantized_model(model, bits_per_layer, activation_bits=activation_bits)
+    qmodel = quantized_model(
+        model, bits_per_layer, activation_bits=activation_bits, backend=backend
+    )
     sample = (1, *train_ds.images.shape[1:])
     state = training.create_train_state(qmodel, tx, seed, sample, variables=dict(variables))
     return training.fit(

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xaijax.quantization.backend import SUPPORTED_BITS, check_bits, fake_quantize
+from xaijax.quantization.numerics import SUPPORTED_BITS, check_bits, fake_quantize
 
 SensitivityTable = dict[str, dict[int, float]]
 
