@@ -70,7 +70,14 @@ def export_program(
     exporter = export.export(
         jax.jit(program), platforms=None if platforms is None else tuple(platforms)
     )
-    return exporter(weights, images)
+    # Without Python tracebacks in the program's locations, the same model serializes to the
+    # same bytes wherever it is exported from (and the exporting machine's paths stay out).
+    limit = jax.config.jax_traceback_in_locations_limit
+    jax.config.update("jax_traceback_in_locations_limit", 0)
+    try:
+        return exporter(weights, images)
+    finally:
+        jax.config.update("jax_traceback_in_locations_limit", limit)
 
 
 def _accuracy(
