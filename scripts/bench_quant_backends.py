@@ -1,8 +1,8 @@
 """AQT vs qwix on one bit allocation: PTQ, QAT and integer-export accuracy on a small VGG (digits).
 
-Trains a float ``vgg_small`` (narrow widths) on scikit-learn's digits, allocates bits per layer by
-DeepLIFT sensitivity under an average budget, then for each backend evaluates post-training
-quantization, fine-tunes the quantized model (QAT) and checks the integer export::
+Trains a float ``vgg_small`` (narrow widths) on scikit-learn's digits, allocates bits per layer
+(default: DeepLIFT sensitivity) under an average budget, then for each backend evaluates
+post-training quantization, fine-tunes the quantized model (QAT) and checks the integer export::
 
     python scripts/bench_quant_backends.py [--budget 3.0] [--epochs 10] [--qat_epochs 2]
 """
@@ -24,6 +24,7 @@ from xaijax.quantization import (
     allocate_bits,
     dequantize,
     export_integer_model,
+    get_strategy,
     layer_sizes,
     post_training_accuracy,
     quantization_aware_finetune,
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=3.0, help="average bits per weight")
     parser.add_argument("--epochs", type=int, default=10, help="float training epochs")
     parser.add_argument("--qat_epochs", type=int, default=2)
+    parser.add_argument("--strategy", default="deeplift_sensitivity", help="allocation strategy")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -63,8 +65,11 @@ def main() -> None:
         names = [spec.name for spec in model.layer_specs()]
         tables = quantize_experiment.sensitivities(q, model, variables, train_ds, names)
         sizes = layer_sizes(variables["params"], names)
-        bits = allocate_bits("deeplift", sizes, args.budget, table=tables["deeplift_sensitivity"])
-        print(f"float test accuracy {float_acc:.4f}; deeplift bits at {args.budget:g}: {bits}")
+        table = tables.get(get_strategy(args.strategy).needs)
+        bits = allocate_bits(args.strategy, sizes, args.budget, table=table)
+        print(
+            f"float test accuracy {float_acc:.4f}; {args.strategy} bits at {args.budget:g}: {bits}"
+        )
         print("| backend | PTQ accuracy | QAT accuracy | integer export accuracy | seconds |")
         print("|---|---|---|---|---|")
         for backend in ("aqt", "qwix"):
