@@ -110,3 +110,22 @@ def test_bad_arguments_raise():
         QWIX_BACKEND.layer_kwargs("dense", 9, None)
     with pytest.raises(ValueError, match=r"activation_bits: bit width 1 "):
         QWIX_BACKEND.layer_kwargs("conv", 8, 1)
+
+
+def test_experiment_backend_field():
+    """``config.quantize.backend``: "aqt" by default, validated before any work."""
+    from xaijax.experiments import quantize
+
+    q = quantize.defaults()
+    assert q.backend == "aqt"
+    quantize.validate(q)
+    q.backend = "qwix"
+    quantize.validate(q)
+    q.backend = "tflite"
+    with pytest.raises(ValueError, match=r"config.quantize.backend='tflite'.*unknown"):
+        quantize.validate(q)
+    q.backend, q.activation_bits = "qwix", 8
+    with pytest.raises(ValueError, match=r"config.quantize.backend='qwix'.*cannot run a conv"):
+        quantize.validate(q)  # the default bit choices include widths below 5
+    q.bit_choices, q.budgets = (5, 6, 8), (6.0,)
+    quantize.validate(q)
