@@ -62,6 +62,7 @@ def test_registry_and_unknown_criterion():
         "deeplift",
         "deeplift_shap",
         "deeplift_magnitude",
+        "lrp",
         "magnitude",
         "taylor",
         "random",

@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "sharding",
         }
     ),
-    frozenset({"models", "deeplift", "weight_sharing", "config_utils"}),
+    frozenset({"models", "deeplift", "lrp", "weight_sharing", "config_utils"}),
     frozenset({"training"}),
     frozenset({"importance", "pruning", "quantization"}),
     frozenset({"experiments", "artifact"}),

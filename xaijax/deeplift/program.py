@@ -1,4 +1,8 @@
-"""Tracing ``fn`` into a flat program and deciding how DeepLIFT treats each equation."""
+"""Tracing ``fn`` into a flat program and deciding how DeepLIFT treats each equation.
+
+The tracing (:func:`_trace`) and the analysis (:func:`_plan`) are shared with ``xaijax.lrp``, which
+interprets the same plan with the LRP rules (``method`` names the method in error messages).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from jax.extend import core as jcore
 
 
 class UnsupportedOperationError(NotImplementedError):
-    """Raised when an input-dependent value meets an operation DeepLIFT has no rule for."""
+    """Raised when an input-dependent value meets an operation DeepLIFT (or LRP) has no rule for."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +222,9 @@ class _Plan:
     varying: frozenset[int]
 
 
-def _nonlinearity_reason(eqn: _Eqn, varying_positions: Sequence[int], avals: Sequence) -> str:
+def _nonlinearity_reason(
+    eqn: _Eqn, varying_positions: Sequence[int], avals: Sequence, method: str = "DeepLIFT"
+) -> str:
     """Why ``eqn`` is not linear in its input-dependent operands ('' when it is linear)."""
     name = eqn.primitive.name
     if name in _NONLINEAR_ELEMENTWISE:
@@ -235,17 +241,22 @@ def _nonlinearity_reason(eqn: _Eqn, varying_positions: Sequence[int], avals: Seq
         return ""
     if name in _ELEMENTWISE or name in _LINEAR_STRUCTURAL:
         return ""
-    return "DeepLIFT has no rule for it"
+    return f"{method} has no rule for it"
 
 
-def _unsupported(eqn: _Eqn, reason: str) -> UnsupportedOperationError:
+def _unsupported(eqn: _Eqn, reason: str, method: str = "DeepLIFT") -> UnsupportedOperationError:
     return UnsupportedOperationError(
-        f"DeepLIFT cannot propagate through primitive `{eqn.primitive.name}` applied to "
+        f"{method} cannot propagate through primitive `{eqn.primitive.name}` applied to "
         f"input-dependent values: {reason}."
     )
 
 
-def _plan(program: _Program) -> _Plan:
+def _plan(
+    program: _Program, method: str = "DeepLIFT", barriers: frozenset[int] = frozenset()
+) -> _Plan:
+    """Classify every equation. ``barriers``: indices of linear elementwise equations that never
+    join an elementwise group (their output starts a new one); LRP passes the bias additions of
+    its dense and convolution layers, so a following activation sees the biased value."""
     avals = program.avals
     varying = set(program.inputs)
     root_of: dict[int, int] = {}  # slot produced inside an elementwise group -> the group's input
@@ -260,8 +271,8 @@ def _plan(program: _Program) -> _Plan:
             continue
         varying.update(eqn.outputs)
         name = eqn.primitive.name
-        reason = _nonlinearity_reason(eqn, positions, avals)
-        if name in _ELEMENTWISE:
+        reason = _nonlinearity_reason(eqn, positions, avals, method)
+        if name in _ELEMENTWISE and index not in barriers:
             group_roots = {root_of.get(eqn.inputs[j], eqn.inputs[j]) for j in positions}
             root = next(iter(group_roots))
             shape = avals[root].shape
@@ -278,13 +289,13 @@ def _plan(program: _Program) -> _Plan:
                 continue
         if name in _POOLS:
             if not _is_float(avals[eqn.inputs[0]].dtype):
-                raise _unsupported(eqn, "max pooling needs a floating operand")
+                raise _unsupported(eqn, "max pooling needs a floating operand", method)
             kinds.append(name)
             continue
         if reason:
             if name in _ELEMENTWISE and len(positions) > 1:
                 reason += " and its input-dependent operands come from different values"
-            raise _unsupported(eqn, reason)
+            raise _unsupported(eqn, reason, method)
         kinds.append("linear")
 
     # Groups made only of linear ops (a bias add, a scale) are evaluated like any linear op.
@@ -301,6 +312,8 @@ def _plan(program: _Program) -> _Plan:
     for slot in outputs:
         if not _is_float(avals[slot].dtype):
             raise _unsupported(
-                producer[slot], "its non-floating result is used outside the elementwise function"
+                producer[slot],
+                "its non-floating result is used outside the elementwise function",
+                method,
             )
     return _Plan(program, tuple(kinds), roots, frozenset(outputs), frozenset(varying))

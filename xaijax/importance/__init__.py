@@ -17,6 +17,11 @@ Criteria (:data:`CRITERIA`, selected by name):
 * ``deeplift_shap``: ``deeplift`` against ``num_references`` examples drawn from the data.
 * ``deeplift_magnitude``: DeepLIFT combined with magnitude, ``S = sqrt(S_deeplift * S_magnitude)``
   elementwise (a criterion's ``times`` partner).
+* ``lrp``: LRP relevances (``xaijax.lrp``; ``rule`` may name an LRP preset, default
+  ``"composite"``: alpha1-beta0 for convolutions, epsilon for dense layers), normalised per layer
+  and example (Yeom et al., 2021): ``S_k = mean_n r_{n,k} / sum_k' r_{n,k'}`` with
+  ``r_{n,k} = |sum_positions R_n[..., k]|``; per weight, ``r_{n,ij} = |R_n(w_ij)|``, the relevance
+  message through the weight (``xaijax.importance.lrp_scores``).
 * ``taylor``: first-order Taylor expansion of the cross-entropy loss ``L`` of the target class
   (Molchanov et al., 2017): ``S_k = mean_n |sum_positions a_n[..., k] * dL_n/da_n[..., k]|`` for a
   layer output ``a``; per weight ``S = mean_n |w * dL_n/dw|``.

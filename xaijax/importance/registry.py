@@ -10,6 +10,7 @@ from __future__ import annotations
 from xaijax.importance.criterion import Criterion
 from xaijax.importance.data_free import magnitude_scores, random_scores
 from xaijax.importance.deeplift_scores import deeplift_per_example
+from xaijax.importance.lrp_scores import lrp_per_example
 from xaijax.importance.taylor import taylor_per_example
 
 CRITERIA: dict[str, Criterion] = {
@@ -23,6 +24,7 @@ CRITERIA: dict[str, Criterion] = {
     "deeplift_magnitude": Criterion(
         "deeplift_magnitude", per_example=deeplift_per_example, times="magnitude"
     ),
+    "lrp": Criterion("lrp", per_example=lrp_per_example),
     "taylor": Criterion("taylor", per_example=taylor_per_example),
     "magnitude": Criterion("magnitude", data_free=magnitude_scores),
     "random": Criterion("random", data_free=random_scores),
