@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from xaijax import checkpoint, config_utils, data, provenance, pruning, training
+from xaijax.experiments import recipe
 
 Variables = Mapping[str, Any]
 
@@ -154,8 +155,12 @@ def finetune_settings(
     schedule: str = "constant",
     seed_offset: int = 0,
 ) -> dict[str, Any]:
-    """Every field that determines a :func:`finetune` run besides its model and variables."""
-    return {
+    """Every field that determines a :func:`finetune` run besides its model and variables.
+
+    The ``config.finetune`` options enter only when they are on (``recipe.recipe``), with the
+    original schedule's fields under ``rewound_schedule`` when rewinding, so a run without them
+    keeps the fingerprint it had before the options existed."""
+    settings = {
         "epochs": epochs,
         "learning_rate": float(learning_rate),
         "batch_size": batch_size or config.train.batch_size,
@@ -164,6 +169,15 @@ def finetune_settings(
         "optimizer": plain(config.optimizer, ("learning_rate", "schedule", "warmup_epochs")),
         "data": config.data,
     }
+    options = recipe.recipe(config)
+    if options.get("lr_rewind"):
+        settings["rewound_schedule"] = {
+            "learning_rate": float(config.optimizer.learning_rate),
+            "schedule": config.optimizer.get("schedule", "constant"),
+            "warmup_epochs": float(config.optimizer.get("warmup_epochs", 0.0)),
+            "train_epochs": config.train.epochs,
+        }
+    return {**settings, **options}
 
 
 def finetune(
@@ -181,15 +195,27 @@ def finetune(
     mask: Any = None,
     gradient_transform: optax.GradientTransformation | None = None,
     seed_offset: int = 0,
+    teacher: tuple[nn.Module, Variables] | None = None,
 ) -> dict:
-    """Fine-tune ``variables`` of ``model`` with the config's optimizer at ``learning_rate``.
+    """Fine-tune ``variables`` of ``model`` with the config's optimizer at ``learning_rate``
+    (``recipe.finetune_optimizer``; ``config.finetune.lr_rewind``: the original schedule
+    rewound).
 
     ``gradient_transform`` (e.g. weight sharing's tied cluster gradients) runs before the
     optimizer and ``xaijax.pruning.keep_pruned(mask)`` after it, so masked weights stay zero.
+    With ``config.finetune.distill_weight > 0`` the loss distills from ``teacher`` (a model and
+    its variables: the dense model the stage starts from), which is then required.
     Resumable in ``workdir``, which is tied to ``unit`` (the caller's unit of work: model and
-    method) extended by :func:`finetune_settings` and the digests of ``variables`` and ``mask``.
+    method) extended by :func:`finetune_settings`, the digests of ``variables`` and ``mask``
+    and, when distilling, the teacher's model and digest.
     Returns the fine-tuned variables on the host (``variables`` unchanged when ``epochs == 0``).
     """
+    options = recipe.finetune_section(config)
+    distill = options.distill_weight > 0
+    if distill and teacher is None:
+        raise ValueError(
+            "config.finetune.distill_weight > 0 needs a teacher: pass teacher=(model, variables)"
+        )
     if epochs == 0:
         return dict(variables)
     settings = finetune_settings(
@@ -200,22 +226,31 @@ def finetune(
         schedule=schedule,
         seed_offset=seed_offset,
     )
+    run_parts: dict[str, Any] = {
+        "run": settings,
+        "run_start": provenance.variables_digest(variables),
+        "run_mask": None if mask is None else provenance.variables_digest(mask),
+    }
+    if distill:
+        teacher_model, teacher_variables = teacher
+        run_parts["run_teacher"] = {
+            "model": provenance.model_identity(teacher_model),
+            "variables": provenance.variables_digest(teacher_variables),
+        }
     provenance.claim(
         workdir,
-        unit.extend(
-            run=settings,
-            run_start=provenance.variables_digest(variables),
-            run_mask=None if mask is None else provenance.variables_digest(mask),
-        ),
+        unit.extend(**run_parts),
         what=f"the fine-tuning in {workdir}",
         policy=resume_policy(config),
     )
     batch_size = settings["batch_size"]
-    optimizer = copy.deepcopy(config.optimizer)
-    optimizer.learning_rate = learning_rate
-    optimizer.schedule = schedule
-    optimizer.warmup_epochs = 0.0
-    tx = training.make_optimizer(optimizer, splits.train.num_examples // batch_size, epochs)
+    tx = recipe.finetune_optimizer(
+        config,
+        steps_per_epoch=splits.train.num_examples // batch_size,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        schedule=schedule,
+    )
     parts = [
         *([] if gradient_transform is None else [gradient_transform]),
         tx,
@@ -236,6 +271,11 @@ def finetune(
         eval_batch_size=config.train.eval_batch_size,
         log_every_steps=config.train.log_every_steps,
         augment=training.augment_from_config(config),
+        teacher=None
+        if not distill
+        else training.make_teacher(
+            *teacher, weight=options.distill_weight, temperature=options.distill_temperature
+        ),
     )
     return jax.device_get(state.variables)
 

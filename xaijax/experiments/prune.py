@@ -4,9 +4,11 @@ Settings are the ``config.prune`` section (:func:`defaults`). Scoring uses the f
 ``num_examples`` training examples; masks come from ``xaijax.pruning`` (``iterations`` rounds of
 prune + fine-tune); structured masks also give the physically narrower model
 (``xaijax.pruning.shrink``). ``workdir/results.json`` (atomic) holds accuracy before pruning,
-after pruning and after fine-tuning, unit and kernel sparsity per layer, parameters, FLOPs and
-storage (dense, masked, shrunk) and the wall time of each phase; ``pruned_variables`` (masked,
-original shapes) and, for structured masks, ``shrunk_variables`` are saved beside it.
+after pruning and after fine-tuning, the fine-tuning options that are on (``finetune``:
+``xaijax.experiments.recipe``; the distillation teacher is the dense model), unit and kernel
+sparsity per layer, parameters, FLOPs and storage (dense, masked, shrunk) and the wall time of
+each phase; ``pruned_variables`` (masked, original shapes) and, for structured masks,
+``shrunk_variables`` are saved beside it.
 
 The criteria x sparsities sweep of one-shot pruning, built on this run's pieces, is
 ``xaijax.experiments.sweep``.
@@ -25,7 +27,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, models, provenance, pruning, training
-from xaijax.experiments import common, stage
+from xaijax.experiments import common, recipe, stage
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -155,9 +157,13 @@ def finetune_fn(
     splits: data.Splits,
     workdir: Path,
     unit: provenance.Fingerprint,
+    *,
+    dense: Mapping[str, Any] | None = None,
 ) -> Callable[[Mapping[str, Any], Any], dict[str, Any]]:
     """``(variables, params_mask) -> fine-tuned variables``; round ``r`` trains (resumably) in
-    ``workdir/finetune_<r>`` with the mask re-applied after every update, tied to ``unit``."""
+    ``workdir/finetune_<r>`` with the mask re-applied after every update, tied to ``unit``.
+    ``dense`` (the variables before pruning) is the teacher of ``config.finetune``'s
+    distillation, which requires it."""
     rounds = {"count": 0}
 
     def finetune(variables: Mapping[str, Any], mask: Any) -> dict[str, Any]:
@@ -174,6 +180,7 @@ def finetune_fn(
             batch_size=prune.finetune_batch_size,
             mask=mask,
             seed_offset=rounds["count"],
+            teacher=None if dense is None else (model, dense),
         )
 
     return finetune
@@ -224,6 +231,7 @@ def run(
     in ``config.prune.trained_workdir`` (default ``<workdir>/trained``).
     """
     prune = common.section(config, "prune", defaults(), validate)
+    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     timer = common.Timer()
@@ -249,7 +257,7 @@ def run(
         dense_accuracy = accuracy(model, variables)
     score = score_fn(prune, model, splits.train)
     unit = prune_fingerprint(config, prune, model, provenance.variables_digest(variables))
-    finetune = finetune_fn(config, prune, model, splits, workdir, unit)
+    finetune = finetune_fn(config, prune, model, splits, workdir, unit, dense=variables)
     before_finetune: list[float] = []
 
     def timed_score(current: Mapping[str, Any], granularity: str) -> Any:
@@ -291,6 +299,7 @@ def run(
         "model": config.model.name,
         "dataset": config.data.name,
         "prune": prune.to_dict(),
+        "finetune": finetune_recipe,
         "accuracy": {
             "dense": dense_accuracy,
             "pruned_before_finetune": before_finetune[-1],

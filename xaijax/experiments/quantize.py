@@ -7,7 +7,9 @@ quantized ops: ``"aqt"`` (default) or ``"qwix"``, same numerics). For every budg
 quantization (float weights), fine-tunes the quantized model (QAT; allocations that coincide share
 one fine-tuning), exports the integers plus scales with orbax and measures the files, and checks
 that the integer model scores as the fake-quantized one. Exact zeros in kernels (pruned weights)
-stay zero through fine-tuning.
+stay zero through fine-tuning. The fine-tuning follows ``config.finetune``
+(``xaijax.experiments.recipe``); its distillation teacher is the float (unquantized) model the
+stage starts from, and ``results.json`` records the options that are on (``finetune``).
 
 Each allocation is a unit of work in ``workdir/allocations/<allocation>`` (``result.json``, the
 fine-tuning checkpoints under ``finetune/`` and the integer export under ``export/``), tied to the
@@ -36,7 +38,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training
-from xaijax.experiments import common, stage
+from xaijax.experiments import common, recipe, stage
 from xaijax.quantization import (
     STRATEGIES,
     SUPPORTED_BITS,
@@ -248,6 +250,7 @@ def run_one(
             batch_size=q.finetune_batch_size,
             schedule="cosine",
             mask=common.zero_mask(variables["params"]),
+            teacher=(model, variables),
         )
         qat = common.evaluate_test(qmodel, tuned, splits, eval_batch)
     with timer.phase("export"):
@@ -341,6 +344,7 @@ def run(
     ``config.quantize.variables``, else from the baseline trained in ``<workdir>/float``.
     """
     q = common.section(config, "quantize", defaults(), validate)
+    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = common.starting_point(
@@ -369,6 +373,7 @@ def run(
         **jax.tree.map(lambda x: x.tolist() if hasattr(x, "tolist") else x, tables),
         "runs": [],
         "quantize": q.to_dict(),
+        "finetune": finetune_recipe,
     }
     for budget in q.budgets:
         for strategy in q.strategies:
@@ -418,6 +423,8 @@ STAGE = stage.register(
         defaults,
         validate,
         run,
-        fingerprint=stage.section_fingerprint("quantize", STARTING_POINT_FIELDS),
+        fingerprint=recipe.with_recipe(
+            stage.section_fingerprint("quantize", STARTING_POINT_FIELDS)
+        ),
     )
 )

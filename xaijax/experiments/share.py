@@ -7,7 +7,9 @@ and ``deeplift`` = mean over examples of |DeepLIFT contribution of the weight|, 
 (``xaijax.weight_sharing.cluster_params``), evaluated, fine-tuned with each centroid moved by the
 summed gradient of its members (``shared_gradients`` chained before the config's optimizer),
 snapped back onto its codebook and evaluated again. Exact zeros in kernels (pruned weights) stay
-zero and out of the clustering.
+zero and out of the clustering. The fine-tuning follows ``config.finetune``
+(``xaijax.experiments.recipe``); its distillation teacher is the float model the stage starts
+from, before clustering, and ``results.json`` records the options that are on (``finetune``).
 
 Outputs in ``workdir``: ``results.json`` (atomic), ``results.csv``, ``results.md`` and the plots
 ``accuracy_vs_bits.png``, ``accuracy_before_finetune_vs_bits.png``, ``accuracy_vs_ratio.png``.
@@ -34,7 +36,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training, weight_sharing
-from xaijax.experiments import common, stage
+from xaijax.experiments import common, recipe, stage
 
 UNIFORM = "uniform"
 #: ``share`` fields that only locate the starting point (its variables digest stands for them).
@@ -235,6 +237,7 @@ def run_one(
         batch_size=share.finetune_batch_size,
         mask=mask,
         gradient_transform=weight_sharing.shared_gradients(shared),
+        teacher=(model, variables),
     )
     snapped = weight_sharing.snap_to_codebooks(tuned["params"], shared)
     off_codebook = max(
@@ -346,6 +349,7 @@ def run(
     ``config.share.variables_dir``, else from the baseline trained in ``trained_workdir``.
     """
     share = common.section(config, "share", defaults(), validate)
+    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = common.starting_point(
@@ -408,6 +412,7 @@ def run(
         "model": config.model.name,
         "dataset": config.data.name,
         "share": share.to_dict(),
+        "finetune": finetune_recipe,
         "accuracy_dense": dense["accuracy"],
         "loss_dense": dense["loss"],
         "pruned_weights": None
@@ -431,6 +436,6 @@ STAGE = stage.register(
         defaults,
         validate,
         run,
-        fingerprint=stage.section_fingerprint("share", STARTING_POINT_FIELDS),
+        fingerprint=recipe.with_recipe(stage.section_fingerprint("share", STARTING_POINT_FIELDS)),
     )
 )

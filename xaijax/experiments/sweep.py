@@ -247,7 +247,13 @@ def _sweep_rows(
             specs=specs,
             score=functools.partial(scores_of, criterion),
             finetune=finetune_fn(
-                config, criterion_section(criterion), model, splits, point_dir, unit
+                config,
+                criterion_section(criterion),
+                model,
+                splits,
+                point_dir,
+                unit,
+                dense=variables,
             ),
             accuracy=accuracy,
             granularity=granularity,

@@ -26,6 +26,10 @@ PRUNE_SETTING = (
 )
 #: Fields of each experiment section that make up its fine-tuning recipe.
 RECIPE_FIELDS = ("finetune_epochs", "finetune_learning_rate", "finetune_batch_size")
+#: The ``config.finetune`` options a stage's results record under ``"finetune"`` when they are on
+#: (``xaijax.experiments.recipe.recipe``); they join the row's recipe, which stays as it was when
+#: every option is off.
+RECIPE_OPTIONS = ("distill_weight", "distill_temperature", "lr_rewind")
 
 
 def check_seeds(seeds: Iterable[int]) -> tuple[int, ...]:
@@ -48,6 +52,15 @@ def seed_dir(workdir: str | Path, seed: int) -> Path:
 
 def _pick(section: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
     return {field: section.get(field) for field in fields}
+
+
+def _recipe(section: Mapping[str, Any], stage_results: Mapping[str, Any]) -> dict[str, Any]:
+    """The section's :data:`RECIPE_FIELDS` plus the recorded options that are on."""
+    options = stage_results.get("finetune") or {}
+    unknown = sorted(set(options) - set(RECIPE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown fine-tuning options {unknown} in the results")
+    return {**_pick(section, RECIPE_FIELDS), **options}
 
 
 def _row(results: Mapping[str, Any], seed: int, stage: str, method: str, **fields: Any) -> dict:
@@ -110,7 +123,7 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
                 "prune",
                 criterion,
                 setting=_pick(r["prune"], PRUNE_SETTING),
-                recipe=_pick(r["prune"], RECIPE_FIELDS),
+                recipe=_recipe(r["prune"], r),
                 fingerprint=fingerprints[f"prune/{criterion}"],
                 accuracy=r["accuracy"]["after_finetune"],
                 accuracy_before_finetune=r["accuracy"]["pruned_before_finetune"],
@@ -130,7 +143,7 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
                     "share",
                     r["importance"],
                     setting={"bits": r["bits"]},
-                    recipe=_pick(share["share"], RECIPE_FIELDS),
+                    recipe=_recipe(share["share"], share),
                     fingerprint=fingerprints["share"],
                     accuracy=r["accuracy_finetuned"],
                     accuracy_before_finetune=r["accuracy_shared"],
@@ -147,7 +160,7 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
                     "quantize",
                     r["strategy"],
                     setting={"budget": r["budget"]},
-                    recipe=_pick(quantize["quantize"], RECIPE_FIELDS),
+                    recipe=_recipe(quantize["quantize"], quantize),
                     fingerprint=fingerprints["quantize"],
                     accuracy=r["qat_accuracy"],
                     accuracy_before_finetune=r["ptq_accuracy"],

@@ -23,7 +23,9 @@ optimizer state.
 
 The package, one module per concept (each imports only those listed before it):
 ``state`` (:class:`TrainState`, :func:`create_train_state`, :func:`shared_module`),
-``optimizer`` (:func:`make_schedule`, :func:`make_optimizer`), ``steps`` (:func:`cross_entropy`,
+``optimizer`` (:func:`make_schedule`, :func:`rewound_schedule`, :func:`make_optimizer`),
+``distill`` (:class:`Teacher`, :func:`make_teacher`, :func:`distillation_loss`: knowledge
+distillation from a frozen model, an option of every step), ``steps`` (:func:`cross_entropy`,
 the jit-compiled :func:`train_step`, :func:`train_step_staged`, :func:`eval_step`),
 ``evaluation`` (:func:`evaluate`), ``metrics`` (:class:`MetricWriter`, :func:`json_line`, the
 progress bar), ``loop`` (:func:`fit`) and ``from_config`` (:func:`train_and_evaluate` and the
@@ -33,6 +35,7 @@ re-exported here.
 """
 
 from xaijax.sharding import DATA_AXIS, initialize_distributed, make_mesh, replicate, shard_batches
+from xaijax.training.distill import Teacher, distillation_loss, make_teacher
 from xaijax.training.evaluation import evaluate
 from xaijax.training.from_config import (
     augment_from_config,
@@ -42,7 +45,7 @@ from xaijax.training.from_config import (
 )
 from xaijax.training.loop import STAGE_BYTES_LIMIT, fit
 from xaijax.training.metrics import MetricWriter, json_line
-from xaijax.training.optimizer import make_optimizer, make_schedule
+from xaijax.training.optimizer import make_optimizer, make_schedule, rewound_schedule
 from xaijax.training.state import TrainState, create_train_state, shared_module
 from xaijax.training.steps import AugmentFn, cross_entropy, eval_step, train_step, train_step_staged
 
@@ -51,11 +54,13 @@ __all__ = [
     "STAGE_BYTES_LIMIT",
     "AugmentFn",
     "MetricWriter",
+    "Teacher",
     "TrainState",
     "augment_from_config",
     "create_train_state",
     "cross_entropy",
     "datasets_from_config",
+    "distillation_loss",
     "eval_step",
     "evaluate",
     "fit",
@@ -64,8 +69,10 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_schedule",
+    "make_teacher",
     "model_from_config",
     "replicate",
+    "rewound_schedule",
     "shard_batches",
     "shared_module",
     "train_and_evaluate",

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 
 from xaijax import checkpoint, data
 from xaijax.sharding import local_batch_size, make_mesh, replicate, shard_batches
+from xaijax.training.distill import Teacher
 from xaijax.training.evaluation import _finish_eval, _stage_eval
 from xaijax.training.metrics import MetricWriter, _Progress
 from xaijax.training.state import TrainState
@@ -40,6 +41,7 @@ def fit(
     augment: AugmentFn | None = None,
     mesh: Mesh | None = None,
     progress: bool | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train for ``epochs`` epochs of shuffled batches (``batch_size`` global, remainder dropped).
 
@@ -54,6 +56,10 @@ def fit(
     TensorBoard: train means every ``log_every_steps`` steps, eval accuracy/loss on ``eval_ds``
     every ``eval_every_epochs`` epochs and after the last. Returns the final state and the eval
     records of this call.
+
+    ``teacher`` (``xaijax.training.distill.make_teacher``): train on the distillation loss
+    against it instead of the plain cross-entropy (it is not checkpointed: a resumed run must be
+    given the same teacher).
     """
     data.check_dataset(train_ds)
     if eval_ds is not None:
@@ -85,6 +91,7 @@ def fit(
     if manager.latest_step() is not None:
         state = replicate(checkpoint.restore_train_state(manager, state), mesh)
         logger.info("resumed from %s at step %d", manager.directory, int(state.step))
+    teacher = None if teacher is None else replicate(teacher, mesh)
     staged_eval = None if eval_ds is None else _stage_eval(eval_ds, eval_batch_size, mesh)
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
@@ -135,7 +142,9 @@ def fit(
                     mesh, local_train.images[chunk_indices], local_train.labels[chunk_indices]
                 )
                 for i in range(chunk_indices.shape[0]):
-                    state, metrics = train_step_staged(state, images, labels, np.int32(i), augment)
+                    state, metrics = train_step_staged(
+                        state, images, labels, np.int32(i), augment, teacher
+                    )
                     step += 1
                     pending.append((step, metrics))
                     bar.advance()

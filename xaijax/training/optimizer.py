@@ -1,4 +1,5 @@
-"""Optax optimizers and learning-rate schedules from a ``config.optimizer`` section."""
+"""Optax optimizers and learning-rate schedules (and their rewinding) from a
+``config.optimizer`` section."""
 
 from __future__ import annotations
 
@@ -44,21 +45,48 @@ def make_schedule(
     return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
+def rewound_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int, rewind_epochs: int
+) -> optax.Schedule:
+    """Learning-rate rewinding (Renda, Frankle & Carbin, ICLR 2020): the schedule of
+    :func:`make_schedule` over ``epochs`` epochs (warm-up included), replayed from epoch
+    ``epochs - rewind_epochs`` for a ``rewind_epochs``-epoch retraining:
+
+        eta_rewound(s) = eta(s + (epochs - rewind_epochs) * steps_per_epoch),
+        s = 0 .. rewind_epochs * steps_per_epoch - 1,
+
+    so the retraining ends where the original training ended."""
+    if not isinstance(rewind_epochs, int) or not 1 <= rewind_epochs <= epochs:
+        raise ValueError(
+            f"learning-rate rewinding replays the last rewind_epochs of the {epochs} training "
+            f"epochs: rewind_epochs must be an integer in [1, {epochs}], got {rewind_epochs!r}"
+        )
+    schedule = make_schedule(config, steps_per_epoch, epochs)
+    offset = (epochs - rewind_epochs) * steps_per_epoch
+    return lambda step: schedule(step + offset)
+
+
 def _decay_mask(params: Any) -> Any:
     """Weight decay applies to kernels (ndim > 1), not to biases or BatchNorm scales."""
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
 def make_optimizer(
-    config: ml_collections.ConfigDict, steps_per_epoch: int, epochs: int
+    config: ml_collections.ConfigDict,
+    steps_per_epoch: int,
+    epochs: int,
+    *,
+    schedule: optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
     """Optax transformation from ``config`` (a ``config.optimizer`` section).
 
     ``sgd``: momentum (optionally Nesterov) with L2 weight decay added to the gradient;
     ``adam``: Adam with the same coupled L2 decay; ``adamw``: decoupled weight decay. Decay skips
-    1-D parameters. ``grad_clip_norm > 0`` clips the global gradient norm first.
+    1-D parameters. ``grad_clip_norm > 0`` clips the global gradient norm first. ``schedule``
+    (e.g. :func:`rewound_schedule`) replaces the config's learning-rate schedule.
     """
-    schedule = make_schedule(config, steps_per_epoch, epochs)
+    if schedule is None:
+        schedule = make_schedule(config, steps_per_epoch, epochs)
     name = config.name
     decay = float(config.get("weight_decay", 0.0))
     parts = []

@@ -1,5 +1,9 @@
 """The jit-compiled steps: the loss, one optimizer step (on a batch or on staged batches) and
-weighted evaluation sums (per batch or scanned over staged batches)."""
+weighted evaluation sums (per batch or scanned over staged batches).
+
+A step takes an optional :class:`xaijax.training.distill.Teacher` (an argument, so its variables
+are inputs of the compiled program); without one (``None``) the traced program is the plain
+cross-entropy step."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from xaijax.training.distill import Teacher, distillation_loss, teacher_logits
 from xaijax.training.state import TrainState, _variables
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -23,7 +28,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _train_step(
-    state: TrainState, images: jax.Array, labels: jax.Array, augment: AugmentFn | None
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    augment: AugmentFn | None,
+    teacher: Teacher | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     chex.assert_rank(images, 4)
     chex.assert_rank(labels, 1)
@@ -32,6 +41,7 @@ def _train_step(
     augment_key, dropout_key = jax.random.split(step_key)
     if augment is not None:
         images = augment(augment_key, images)
+    targets = None if teacher is None else teacher_logits(teacher, images)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         variables = _variables(params, state.batch_stats)
@@ -44,7 +54,10 @@ def _train_step(
         else:
             logits = state.apply_fn(variables, images, train=True, rngs=rngs)
             batch_stats = state.batch_stats
-        return cross_entropy(logits, labels).mean(), (logits, batch_stats)
+        if teacher is None:
+            return cross_entropy(logits, labels).mean(), (logits, batch_stats)
+        loss = distillation_loss(logits, targets, labels, teacher.weight, teacher.temperature)
+        return loss.mean(), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -67,10 +80,12 @@ def train_step(
     labels: jax.Array,
     *,
     augment: AugmentFn | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a batch; returns the new state and ``{loss, accuracy, grad_norm}``
-    (loss and accuracy of the batch before the update)."""
-    return _train_step(state, images, labels, augment)
+    (loss and accuracy of the batch before the update). The loss is the mean cross-entropy, or
+    with a ``teacher`` the distillation loss of ``xaijax.training.distill``."""
+    return _train_step(state, images, labels, augment, teacher)
 
 
 @functools.partial(jax.jit, static_argnames=("augment",), donate_argnums=(0,))
@@ -80,13 +95,14 @@ def train_step_staged(
     staged_labels: jax.Array,
     index: jax.Array,
     augment: AugmentFn | None,
+    teacher: Teacher | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """``train_step`` on batch ``index`` of device-resident ``[steps, B, ...]`` arrays (see
     :func:`xaijax.sharding.shard_batches`); donates ``state``, so keep only the returned one.
     Indexing inside the compiled step avoids a host round trip per batch."""
     images = jax.lax.dynamic_index_in_dim(staged_images, index, keepdims=False)
     labels = jax.lax.dynamic_index_in_dim(staged_labels, index, keepdims=False)
-    return _train_step(state, images, labels, augment)
+    return _train_step(state, images, labels, augment, teacher)
 
 
 def _weighted_sums(
