@@ -247,8 +247,13 @@ def test_bad_rules_raise_clear_errors():
 def test_criterion_units_are_per_layer_normalised_layer_relevances():
     model, variables, x = _cnn(0.5)
     labels = jnp.asarray(LABELS)
-    scores = importance.score_batch("lrp", model, variables, x, labels, rule="alpha2beta1")
-    relevances = lrp.layer_relevances(model, variables, x, target=labels, rules="alpha2beta1")
+
+    @jax.jit
+    def run(x, labels):
+        scores = importance.score_batch("lrp", model, variables, x, labels, rule="alpha2beta1")
+        return scores, lrp.layer_relevances(model, variables, x, target=labels, rules="alpha2beta1")
+
+    scores, relevances = run(x, labels)
     for name in model.names:
         r = np.asarray(relevances[name])
         per_unit = np.abs(r.sum(axis=tuple(range(1, r.ndim - 1))))
@@ -293,11 +298,17 @@ def test_criterion_gives_zero_to_a_filter_without_outgoing_weights():
 
 
 def test_criterion_rule_option():
-    model, variables, x = _cnn(0.5)
+    model, variables, x = _mlp(0.5)
     labels = jnp.asarray(LABELS)
-    default = importance.score_batch("lrp", model, variables, x, labels)
-    composite = importance.score_batch("lrp", model, variables, x, labels, rule="composite")
-    other = importance.score_batch("lrp", model, variables, x, labels, rule="alpha2beta1")
+
+    @jax.jit
+    def run(x, labels):
+        return [
+            importance.score_batch("lrp", model, variables, x, labels, **rule)
+            for rule in ({}, {"rule": "composite"}, {"rule": "alpha2beta1"})
+        ]
+
+    default, composite, other = run(x, labels)
     jax.tree.map(np.testing.assert_array_equal, default, composite)
     assert_far(default, other, margin=1e-3)
     with pytest.raises(ValueError, match="LRP presets"):
