@@ -13,10 +13,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from xaijax import artifact, models, pruning, quantization, weight_sharing
+from xaijax import artifact, models, pipeline, pruning, quantization, weight_sharing
 from xaijax.artifact import loader
 
 SHAPE = (28, 28, 1)
@@ -447,3 +448,12 @@ def test_the_source_is_the_carried_criterions_most_accurate_then_smallest_alloca
     }
     del results["prune"]
     assert artifact.choose_source(results, "deeplift")["stage"] == "baseline"
+
+
+def test_the_pipeline_exports_by_default_and_checks_the_switch():
+    assert pipeline.defaults().export_artifact is True
+    section = ml_collections.ConfigDict({**pipeline.defaults().to_dict(), "export_artifact": 1})
+    with pytest.raises(
+        ValueError, match=r"config\.compress\.export_artifact must be True or False"
+    ):
+        pipeline.validate(section)

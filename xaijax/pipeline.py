@@ -12,7 +12,12 @@
    against plain and magnitude-weighted k-means;
 5. ``quantize``: mixed-precision integer quantization of the pruned model (``config.quantize``),
    bit allocation strategies side by side;
-6. ``report``: ``report.md``, ``results.json`` and figures in ``workdir``.
+6. ``report``: ``report.md``, ``results.json`` and figures in ``workdir``;
+7. ``artifact`` (``config.compress.export_artifact``, default on): the final compressed model as a
+   deployable artifact in ``workdir/artifact`` (``xaijax.artifact``: which model it holds is
+   documented in ``xaijax.artifact.final``); the report gives its accuracy, measured with the
+   artifact itself, and its size on disk next to the computed size. It is rewritten on every
+   run (a few seconds) and is no stage: it has no fingerprint and changes none.
 
 Each stage lives in ``workdir/<stage>`` and is finished when its ``stage.json`` exists (written
 atomically, last). ``stage.json`` records the stage's fingerprint (``xaijax.provenance``): the
@@ -37,6 +42,7 @@ from typing import Any
 import ml_collections
 
 from xaijax import (
+    artifact,
     checkpoint,
     config_utils,
     experiments,
@@ -60,6 +66,8 @@ def defaults() -> ml_collections.ConfigDict:
             "carry": "deeplift",
             "explain_examples": 8,
             "importance_examples": 1000,
+            # Write <workdir>/artifact (xaijax.artifact) last; no stage's fingerprint reads it.
+            "export_artifact": True,
         }
     )
 
@@ -85,6 +93,9 @@ def validate(section: ml_collections.ConfigDict) -> None:
         value = section[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config.compress.{field} must be an integer >= 1, got {value!r}")
+    if not isinstance(section.export_artifact, bool):
+        given = section.export_artifact
+        raise ValueError(f"config.compress.export_artifact must be True or False, got {given!r}")
 
 
 def run_stage(
@@ -130,13 +141,20 @@ def _with(config: ml_collections.ConfigDict, name: str, **fields: Any) -> ml_col
     return config
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """The whole pipeline (see the module docstring); returns the report's results."""
+def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Raise ``ValueError`` naming the first bad field of ``config`` (every section the pipeline
+    reads); returns the ``compress`` section."""
     section = common.section(config, "compress", defaults(), validate)
     config_utils.validate_config(config)
+    for name in section.stages:
+        experiments.get_stage(name).section(config)
+    return section
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """The whole pipeline (see the module docstring); returns the report's results."""
+    section = check_config(config)  # Every bad field fails here, before any work.
     enabled = [experiments.get_stage(name) for name in section.stages]
-    for spec in enabled:  # Every bad field fails here, before any work.
-        spec.section(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = training.datasets_from_config(config)
@@ -219,6 +237,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             carry_dir = workdir / spec.name / (section.carry if spec.varies else "")
             carry_model, carry_variables = spec.load_result(carry_model, carry_dir)
     results["provenance"] = stages
+    if section.export_artifact:
+        logging.info("artifact: exporting the final model to %s", workdir / "artifact")
+        results["artifact"] = artifact.export_final(
+            workdir,
+            results,
+            carry=section.carry,
+            model=carry_model,
+            variables=carry_variables,
+            test=splits.test,
+            batch_size=eval_batch,
+        )
     summary = write_report(workdir, results, section)
     checkpoint.write_json_atomic(workdir / "results.json", {**results, "summary": summary})
     return {**results, "summary": summary}
@@ -386,6 +415,8 @@ def write_report(
     ]
     for stage, rows in tables.items():
         lines += [f"### {stage}", "", report.markdown_table(rows)]
+    if "artifact" in results:
+        lines += artifact.final.report_lines(results["artifact"])
     lines += [
         "## Provenance",
         "",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xaijax import pipeline, training
+from xaijax import artifact, pipeline, training
 from xaijax.experiments import prune as prune_experiment
 from xaijax.experiments import share as share_experiment
 from xaijax.provenance import StaleResultError
@@ -251,3 +251,35 @@ def test_killed_at_many_points_then_resumed_gives_the_uninterrupted_results(
     assert resumed["summary"]["criteria"] == expected["summary"]["criteria"]
     for stage, entry in resumed["provenance"].items():
         assert entry["fingerprint"] == expected["provenance"][stage]["fingerprint"], stage
+
+
+def test_the_artifact_predicts_at_the_reported_accuracy(finished, config_file, tmp_path):
+    """The artifact of the carried quantize run scores on the test set exactly as the report
+    says and as the stage's integer model did; the script exports the same weights again."""
+    workdir, results = finished
+    entry = results["artifact"]
+    loaded = artifact.load(workdir / "artifact")
+    config = load_config(config_file)
+    test = training.datasets_from_config(config).test
+    accuracy = loaded.accuracy(test.images, test.labels, batch_size=config.train.eval_batch_size)
+    assert accuracy == entry["accuracy"] == loaded.manifest["accuracy"]
+    source = entry["source"]
+    assert (source["stage"], source["strategy"]) == ("quantize", "deeplift_sensitivity")
+    (run,) = [r for r in results["quantize"]["runs"] if r["strategy"] == source["strategy"]]
+    assert accuracy == run["qat_accuracy"] == source["accuracy"]
+    assert entry["disk_bytes"] == artifact.disk_bytes(workdir / "artifact")
+    # The computed size is the stage's (params) plus the float32 batch-norm statistics.
+    stats = [w for name, w in loaded.manifest["weights"].items() if "/batch_stats/" in name]
+    stats_bytes = 4 * sum(int(np.prod(w["shape"])) for w in stats)
+    assert entry["computed_bytes"] == run["size"]["total"] + stats_bytes < entry["weights_bytes"]
+    report = (workdir / "report.md").read_text()
+    assert "## Deployable artifact" in report and f"{entry['disk_bytes']:,}" in report
+
+    out = tmp_path / "exported"
+    command = [sys.executable, str(REPO / "scripts" / "export_artifact.py")]
+    command += [f"--config={config_file}", f"--workdir={workdir}", f"--out={out}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    again = artifact.read_manifest(out)
+    assert again["accuracy"] == accuracy
+    assert again["files"]["weights"] == loaded.manifest["files"]["weights"]

@@ -172,7 +172,8 @@ def report_lines(entry: Mapping[str, Any]) -> list[str]:
         "",
         "The final compressed model as a `jax.export` program with its packed weights and a "
         "manifest (load it with `xaijax.artifact.load`; no model code or config needed). "
-        "`accuracy` is the artifact's own on the test set; `on disk` counts the program, the "
+        "`accuracy` is the artifact's own on the test set; `computed` is the stage's size "
+        "formula plus 4 bytes per batch-norm statistic; `on disk` counts the program, the "
         "weights file and the manifest.",
         "",
         report.markdown_table([row]),

@@ -194,9 +194,9 @@ class Artifact:
                 f"images must have shape [N, {', '.join(map(str, self.input_shape))}], "
                 f"got {list(images.shape)}"
             )
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError(f"batch_size must be None or >= 1, got {batch_size!r}")
         step = batch_size or max(images.shape[0], 1)
-        if step < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         outputs = [
             np.asarray(self._run(self._weights, images[start : start + step]))
             for start in range(0, images.shape[0], step)
