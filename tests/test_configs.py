@@ -10,9 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from xaijax import data, models, training
+from xaijax import data, models, pipeline, training
 from xaijax.config_utils import validate_config
 from xaijax.defaults import base_config
+from xaijax.study import ablation
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.py"))
@@ -48,6 +49,12 @@ def test_configs_validate_and_build_their_parts(path, tmp_path, monkeypatch):
     if config.data.name == "fashion_mnist" and not data.fashion_mnist_dir(None).is_dir():
         config.data.data_dir = str(tmp_path)
     validate_config(config)
+    if "ablation" in config:  # An ablation config: a study config plus its variants.
+        variants = ablation.variants_from_config(config.ablation.variants)
+        for variant in variants:  # Every override names a real field with a valid value.
+            pipeline.check_config(ablation.variant_config(config, variant, seed=0))
+        with config.unlocked():
+            del config["ablation"]
     assert set(config.keys()) == set(base_config().keys())
     model = training.model_from_config(config)
     assert isinstance(model, models.get_model(config.model.name).__class__)

@@ -53,7 +53,7 @@ from xaijax import (
     report,
     training,
 )
-from xaijax.experiments import common
+from xaijax.experiments import common, recipe
 from xaijax.experiments import explain as explain_experiment
 
 
@@ -146,6 +146,7 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     reads); returns the ``compress`` section."""
     section = common.section(config, "compress", defaults(), validate)
     config_utils.validate_config(config)
+    recipe.finetune_section(config)
     for name in section.stages:
         experiments.get_stage(name).section(config)
     return section

@@ -345,3 +345,125 @@ def test_bad_seeds_are_refused():
     for seeds, message in (((), "at least one seed"), ((0, 0), "distinct"), ((-1,), ">= 0")):
         with pytest.raises(ValueError, match=message):
             study.check_seeds(seeds)
+
+
+# --------------------------------------------------------------------------------- ablations
+
+ABLATION = """
+from study_digits import get_config as study_config
+
+
+def get_config():
+    config = study_config()
+    config.ablation = {
+        "variants": {
+            "deeplift_magnitude": {
+                "stage": "prune", "overrides": {"prune": {"criterion": "deeplift_magnitude"}}
+            },
+            "deeplift[sqrt_importance]": {
+                "stage": "share", "overrides": {"share": {"importance_exponent": 0.5}}
+            },
+        }
+    }
+    return config
+"""
+
+
+def run_ablation(config_file: Path, study_dir: Path, workdir: Path, cache: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(config_file.parent),
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "ablation.py"),
+        f"--config={config_file}",
+        f"--study_workdir={study_dir}",
+        f"--workdir={workdir}",
+        "--seeds=0,1",
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ablated(studied, config_file, tmp_path_factory):
+    """Two variants (a pruning criterion, a sharing exponent) on the two seeds, run twice."""
+    study_dir, _ = studied
+    config = config_file.parent / "ablation_digits.py"
+    config.write_text(ABLATION)
+    workdir = tmp_path_factory.mktemp("ablation") / "run"
+    cache = tmp_path_factory.mktemp("jax_cache_ablation")
+    run_ablation(config, study_dir, workdir, cache)
+    first = (study.read_rows(workdir / study.ROWS_FILE), stamps(workdir))
+    run_ablation(config, study_dir, workdir, cache)
+    second = (study.read_rows(workdir / study.ROWS_FILE), stamps(workdir))
+    return study_dir, workdir, first, second
+
+
+def test_variants_pair_with_the_study_on_its_baselines(ablated):
+    study_dir, workdir, (rows, _), _ = ablated
+    names = {"deeplift_magnitude": "prune", "deeplift[sqrt_importance]": "share"}
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in names for s in (0, 1)}
+    for row in rows:
+        assert row["stage"] == names[row["method"]]
+        results = json.loads(
+            (workdir / row["method"] / f"seed_{row['seed']}" / "results.json").read_text()
+        )
+        studied_results = json.loads(
+            (study_dir / f"seed_{row['seed']}" / "results.json").read_text()
+        )
+        # The copied starting stages were reused (same fingerprint), not retrained.
+        starts = ["baseline"] + (["prune/deeplift"] if row["stage"] == "share" else [])
+        for stage in starts:
+            assert results["provenance"][stage]["status"] == "reused"
+            expected = studied_results["provenance"][stage]["fingerprint"]
+            assert results["provenance"][stage]["fingerprint"] == expected
+        if row["stage"] == "share":
+            assert results["share"]["share"]["importance_exponent"] == 0.5
+            assert row["setting"] == {"bits": 2}
+        else:
+            assert results["prune"]["deeplift_magnitude"]["prune"]["criterion"] == (
+                "deeplift_magnitude"
+            )
+        assert "artifact" not in results
+
+
+def test_ablation_resumes_without_recomputing(ablated):
+    _, _, first, second = ablated
+    assert first == second
+
+
+def test_ablation_tables_compare_each_variant_with_the_default_and_the_strongest(ablated):
+    study_dir, workdir, (rows, _), _ = ablated
+    text = (workdir / "ablation.md").read_text()
+    assert "vs default DeepLIFT" in text and "(strongest baseline)" in text
+    from xaijax.study import ablation
+
+    study_rows = study.read_rows(study_dir / study.ROWS_FILE)
+    found = ablation.comparisons(study_rows + rows)
+    magnitude = [e for e in found if e["method"] == "deeplift_magnitude"]
+    assert {e["metric"] for e in magnitude} == set(study.COMPARED)
+    for entry in magnitude:  # Against the default: the paired difference computed here.
+        by = {
+            (r["method"], r["seed"]): r[entry["metric"]]
+            for r in study_rows + rows
+            if r["stage"] == "prune"
+        }
+        d = [by["deeplift_magnitude", s] - by["deeplift", s] for s in (0, 1)]
+        assert entry["vs_default"]["mean"] == pytest.approx(np.mean(d))
+        assert entry["vs_default"]["n"] == 2
+
+
+def test_bad_variants_fail_before_any_work(config_file, tmp_path):
+    from xaijax.study import ablation
+
+    with pytest.raises(ValueError, match="stage must be one of"):
+        ablation.Variant("deeplift[x]", "quantize", {})
+    config = load_config(config_file)
+    bad = ablation.Variant("deeplift[typo]", "prune", {"prune": {"refrence": "mean"}})
+    with pytest.raises(ValueError, match=r"config\.prune has unknown fields \['refrence'\]"):
+        ablation.run(config, tmp_path / "study", tmp_path / "ablation", [bad], [0])
+    assert not (tmp_path / "ablation").exists()

@@ -33,7 +33,7 @@ def setting_label(setting: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(setting.items())) or "-"
 
 
-def _cells(rows: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+def cells_of(rows: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """Rows grouped by (model, dataset, stage, setting), stages in :data:`STAGES` order, settings
     in first-seen order."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
@@ -51,7 +51,7 @@ def _cells(rows: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     return [groups[key] for key in order]
 
 
-def _by_method(cell: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, Mapping[str, Any]]]:
+def by_method(cell: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, Mapping[str, Any]]]:
     """``method -> seed -> row``; a repeated (method, seed) or differing recipes raise."""
     methods: dict[str, dict[int, Mapping[str, Any]]] = {}
     recipes = {json.dumps(row["recipe"], sort_keys=True) for row in cell}
@@ -135,9 +135,9 @@ def summarize(
     if interval_method not in INTERVALS:
         raise ValueError(f"interval method must be one of {INTERVALS}, got {interval_method!r}")
     cells = []
-    for cell in _cells(rows):
+    for cell in cells_of(rows):
         first = cell[0]
-        methods = _by_method(cell)
+        methods = by_method(cell)
         stats = []
         for name, by_seed in methods.items():
             seed_rows = [by_seed[s] for s in sorted(by_seed)]

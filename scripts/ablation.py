@@ -1,0 +1,77 @@
+"""DeepLIFT variants on the seeds of a finished study, paired with the study's methods.
+
+    python scripts/ablation.py --config configs/ablation_lenet5_fmnist.py \\
+        --study_workdir runs/study_lenet5 --workdir runs/ablation_lenet5 [--seeds=0,1,2,3,4] \\
+        [--variants=deeplift_magnitude,...]
+
+Each variant x seed runs in ``<workdir>/<variant>/seed_<s>`` from copies of the study seed's
+finished stages; rerunning resumes. ``<workdir>/rows.jsonl`` holds the variants' raw rows and
+``<workdir>/ablation.md`` the paired comparisons. ``--tables_only`` regenerates the tables from
+``--rows`` and ``--study_rows`` without running anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from xaijax import report, study
+from xaijax.study import ablation
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+_STUDY_WORKDIR = flags.DEFINE_string("study_workdir", None, "The finished study's workdir.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the ablation.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds, comma separated.")
+_VARIANTS = flags.DEFINE_list("variants", [], "Run only these variants (default: all).")
+_INTERVAL = flags.DEFINE_enum("interval", "t", list(study.INTERVALS), "Paired interval method.")
+_TABLES_ONLY = flags.DEFINE_bool("tables_only", False, "Only regenerate the tables.")
+_ROWS = flags.DEFINE_string("rows", None, "--tables_only: the ablation's rows.jsonl.")
+_STUDY_ROWS = flags.DEFINE_string("study_rows", None, "The study's rows.jsonl (default: in it).")
+_OUTPUT = flags.DEFINE_string("output", None, "Tables file (default: beside the rows).")
+
+
+def write_tables(rows: list[dict], study_rows_path: Path, output: Path) -> None:
+    seeds = {row["seed"] for row in rows}
+    study_rows = [row for row in study.read_rows(study_rows_path) if row["seed"] in seeds]
+    text = ablation.tables(study_rows + rows, interval_method=_INTERVAL.value)
+    report.write_text_atomic(output, text)
+    print(f"tables: {output}", flush=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _TABLES_ONLY.value:
+        if not (_ROWS.value and _STUDY_ROWS.value):
+            raise app.UsageError("--tables_only needs --rows and --study_rows")
+        rows_path = Path(_ROWS.value)
+        output = Path(_OUTPUT.value or rows_path.with_name("ablation.md"))
+        write_tables(study.read_rows(rows_path), Path(_STUDY_ROWS.value), output)
+        return
+    from xaijax import logs, runtime
+
+    if not (_CONFIG.value and _STUDY_WORKDIR.value and _WORKDIR.value):
+        raise app.UsageError("running needs --config, --study_workdir and --workdir")
+    logs.setup_logging()
+    runtime.enable_compilation_cache()
+    config = _CONFIG.value
+    variants = ablation.variants_from_config(config.ablation.variants)
+    if _VARIANTS.value:
+        unknown = set(_VARIANTS.value) - {v.name for v in variants}
+        if unknown:
+            raise app.UsageError(f"unknown variants {sorted(unknown)}")
+        variants = tuple(v for v in variants if v.name in _VARIANTS.value)
+    try:
+        seeds = [int(seed) for seed in _SEEDS.value]
+    except ValueError as err:
+        raise app.UsageError(f"--seeds must be integers: {err}") from None
+    workdir = Path(_WORKDIR.value)
+    rows = ablation.run(config, _STUDY_WORKDIR.value, workdir, variants, seeds)
+    study_rows = Path(_STUDY_ROWS.value or Path(_STUDY_WORKDIR.value) / study.ROWS_FILE)
+    write_tables(rows, study_rows, Path(_OUTPUT.value or workdir / "ablation.md"))
+
+
+if __name__ == "__main__":
+    app.run(main)

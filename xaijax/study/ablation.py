@@ -1,0 +1,288 @@
+"""Ablations: DeepLIFT variants run on the seeds of a finished study.
+
+A :class:`Variant` is a name, the stage it changes (``prune`` or ``share``) and config overrides
+``{section: {field: value}}``. For every variant and seed, :func:`run` takes the study's seed
+config (:func:`~xaijax.study.runner.seed_config`), applies the overrides, keeps only the variant's
+stage and the stages it starts from, and runs the pipeline in ``workdir/<variant>/seed_<s>``. The
+stages it starts from are copied from the study's seed (the baseline; for a ``share`` variant also
+the pruned model the study carried), so a variant and the study's methods share one baseline per
+seed and pair on it. The pipeline's fingerprints decide whether a copy is reused: a copied stage
+whose inputs differ from the variant's is recomputed, never silently mixed in.
+
+Each variant's rows follow the study's row schema with ``method`` = the variant's name and
+``overrides`` added; ``workdir/rows.jsonl`` is rewritten after every run. :func:`summarize` pairs
+them with the study's rows of the same seeds: every variant against the default DeepLIFT method of
+its stage and against the strongest baseline, on paired per-seed differences.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from xaijax import report
+from xaijax.study.rows import ROWS_FILE, check_seeds, rows_from_results, seed_dir, write_rows
+from xaijax.study.runner import seed_config
+from xaijax.study.summary import (
+    COMPARED,
+    DEEPLIFT_METHOD,
+    by_method,
+    cells_of,
+    compare,
+    is_deeplift,
+    setting_label,
+    summarize,
+)
+
+#: Stages a variant may change, and the stages each one starts from.
+STARTS_FROM = {"prune": ("baseline",), "share": ("baseline", "prune")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A DeepLIFT variant: ``overrides`` (``{section: {field: value}}``) applied to ``stage``."""
+
+    name: str
+    stage: str
+    overrides: Mapping[str, Mapping[str, Any]]
+
+    def __post_init__(self) -> None:
+        if self.stage not in STARTS_FROM:
+            raise ValueError(
+                f"variant {self.name!r}: stage must be one of {tuple(STARTS_FROM)}, "
+                f"got {self.stage!r}"
+            )
+        if not self.name or "/" in self.name:
+            raise ValueError(f"variant name must be non-empty without '/', got {self.name!r}")
+        for section, fields in self.overrides.items():
+            if not isinstance(fields, Mapping):
+                raise ValueError(
+                    f"variant {self.name!r}: overrides[{section!r}] must map fields to values"
+                )
+
+    @property
+    def method(self) -> str:
+        """The study method the variant changes: the overridden criterion, else DeepLIFT's."""
+        if self.stage == "prune":
+            return self.overrides.get("prune", {}).get("criterion", DEEPLIFT_METHOD["prune"])
+        return DEEPLIFT_METHOD[self.stage]
+
+
+def variants_from_config(section: Mapping[str, Any]) -> tuple[Variant, ...]:
+    """``{name: {"stage": ..., "overrides": {...}}}`` (e.g. ``config.ablation.variants``)."""
+    if hasattr(section, "to_dict"):
+        section = section.to_dict()
+    variants = []
+    for name, spec in section.items():
+        unknown = set(spec) - {"stage", "overrides"}
+        if unknown or "stage" not in spec:
+            raise ValueError(
+                f"variant {name!r} needs 'stage' and optional 'overrides', got {sorted(spec)}"
+            )
+        variants.append(Variant(name, spec["stage"], dict(spec.get("overrides", {}))))
+    if not variants:
+        raise ValueError("an ablation needs at least one variant")
+    return tuple(variants)
+
+
+def variant_config(
+    config: ml_collections.ConfigDict, variant: Variant, seed: int
+) -> ml_collections.ConfigDict:
+    """The study's config of ``seed`` with ``variant``'s overrides, running only its stage."""
+    config = seed_config(config, seed)
+    with config.unlocked():
+        if "ablation" in config:  # The variants themselves are no pipeline input.
+            del config["ablation"]
+        for section, fields in variant.overrides.items():
+            if section not in config:
+                config[section] = ml_collections.ConfigDict()
+            for field, value in fields.items():
+                config[section][field] = copy.deepcopy(value)
+        carried = variant.method if variant.stage == "prune" else DEEPLIFT_METHOD["prune"]
+        config.compress.criteria = (carried,)
+        config.compress.carry = carried
+        config.compress.export_artifact = False
+        config.compress.stages = tuple(
+            s for s in (*STARTS_FROM[variant.stage], variant.stage) if s != "baseline"
+        )
+        if variant.stage == "share" and "importances" not in variant.overrides.get("share", {}):
+            config.share.importances = (variant.method,)
+    return config
+
+
+def _copy_atomic(source: Path, destination: Path) -> None:
+    """Copy the directory ``source`` to ``destination`` (a temporary copy, then a rename)."""
+    staging = destination.with_name(f".{destination.name}.copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging)
+    os.replace(staging, destination)
+
+
+def start_dirs(variant: Variant) -> tuple[Path, ...]:
+    """The stage directories (relative to a seed's pipeline workdir) ``variant`` starts from."""
+    return tuple(
+        Path(stage) if stage == "baseline" else Path(stage) / DEEPLIFT_METHOD[stage]
+        for stage in STARTS_FROM[variant.stage]
+    )
+
+
+def check_study(study_dir: Path, variant: Variant) -> None:
+    """Raise ``FileNotFoundError`` unless the study seed in ``study_dir`` finished the stages
+    ``variant`` starts from."""
+    for relative in start_dirs(variant):
+        if not (study_dir / relative / "stage.json").exists():
+            raise FileNotFoundError(
+                f"the study has no finished {relative} in {study_dir}; run the study first"
+            )
+
+
+def seed_variant_dir(study_dir: Path, variant_dir: Path, variant: Variant) -> None:
+    """Copy into ``variant_dir`` the study seed's finished stages ``variant`` starts from."""
+    check_study(study_dir, variant)
+    for relative in start_dirs(variant):
+        if not (variant_dir / relative).exists():
+            _copy_atomic(study_dir / relative, variant_dir / relative)
+
+
+def variant_rows(results: Mapping[str, Any], variant: Variant, seed: int) -> list[dict]:
+    """The study rows of ``variant``'s stage and method in one seed's pipeline ``results``,
+    renamed to the variant."""
+    rows = []
+    for row in rows_from_results(results, seed):
+        if row["stage"] == variant.stage and row["method"] == variant.method:
+            rows.append({**row, "method": variant.name, "overrides": variant.overrides})
+    if not rows:
+        raise ValueError(f"variant {variant.name!r}: seed {seed} produced no {variant.stage} rows")
+    return rows
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    study_workdir: str | Path,
+    workdir: str | Path,
+    variants: Sequence[Variant],
+    seeds: Iterable[int],
+) -> list[dict[str, Any]]:
+    """Every variant on every seed (variant by variant, resuming finished work); returns the
+    rows and rewrites ``workdir/rows.jsonl`` after each run."""
+    from xaijax import pipeline  # Late import: tables need no JAX.
+
+    seeds = check_seeds(seeds)
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be distinct, got {names}")
+    for variant in variants:  # Every bad override fails here, before any work.
+        pipeline.check_config(variant_config(config, variant, seeds[0]))
+        for seed in seeds:
+            check_study(seed_dir(study_workdir, seed), variant)
+    workdir = Path(workdir)
+    rows: list[dict[str, Any]] = []
+    for variant in variants:
+        for seed in seeds:
+            logging.info("ablation: %s, seed %d", variant.name, seed)
+            variant_dir = seed_dir(workdir / variant.name, seed)
+            seed_variant_dir(seed_dir(study_workdir, seed), variant_dir, variant)
+            results = pipeline.run(variant_config(config, variant, seed), variant_dir)
+            rows += variant_rows(results, variant, seed)
+            write_rows(workdir / ROWS_FILE, rows)
+    return rows
+
+
+def comparisons(
+    rows: Sequence[Mapping[str, Any]], *, interval_method: str = "t", confidence: float = 0.95
+) -> list[dict[str, Any]]:
+    """For every cell holding variants: each DeepLIFT-family method (the default and the
+    variants) against the default DeepLIFT method and against the strongest baseline (the
+    non-DeepLIFT method with the highest mean), on every compared metric."""
+    found = []
+    for cell in cells_of(rows):
+        first, methods = cell[0], by_method(cell)
+        ours = DEEPLIFT_METHOD.get(first["stage"])
+        if ours not in methods or len([m for m in methods if is_deeplift(m)]) < 2:
+            continue
+        for metric in COMPARED:
+            means = {
+                m: sum(r[metric] for r in s.values()) / len(s)
+                for m, s in methods.items()
+                if all(r[metric] is not None for r in s.values())
+            }
+            baselines = sorted((m for m in means if not is_deeplift(m)), key=lambda m: -means[m])
+            for method in (m for m in means if is_deeplift(m)):
+                entry = {
+                    "stage": first["stage"],
+                    "setting": first["setting"],
+                    "metric": metric,
+                    "method": method,
+                    "mean": means[method],
+                }
+                for key, against in (("vs_default", ours), ("vs_strongest", baselines[0])):
+                    if against != method:
+                        entry[key] = compare(
+                            method,
+                            against,
+                            metric,
+                            methods,
+                            interval_method=interval_method,
+                            confidence=confidence,
+                        )
+                found.append(entry)
+    return found
+
+
+def _difference(comparison: Mapping[str, Any] | None) -> str:
+    if comparison is None:
+        return "-"
+    if comparison["low"] is None:
+        return "n/a"
+    return (
+        f"{comparison['mean']:+.4f} [{comparison['low']:+.4f}, {comparison['high']:+.4f}] "
+        f"{comparison['verdict']}"
+    )
+
+
+def tables(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
+    """Markdown: per cell and metric, every DeepLIFT variant's mean and its paired differences
+    against the default DeepLIFT method and the strongest baseline."""
+    summary = summarize(rows, **kwargs)
+    level = f"{100 * summary['interval']['confidence']:g}% {summary['interval']['method']}"
+    lines = [
+        "# Ablation: DeepLIFT variants",
+        "",
+        f"Seeds: {', '.join(map(str, summary['seeds']))}. Differences are paired per seed "
+        f"(variant − other) with a {level} interval and a verdict (wins / ties / loses). "
+        "Generated from the rows by `scripts/ablation.py --tables_only`; never edit by hand.",
+        "",
+    ]
+    entries = comparisons(rows, **kwargs)
+    keys = sorted(
+        {(e["stage"], setting_label(e["setting"]), e["metric"]) for e in entries},
+        key=lambda k: (k[0], k[1], -COMPARED.index(k[2])),
+    )
+    for stage, setting, metric in keys:
+        strongest = next(
+            e["vs_strongest"]["against"]
+            for e in entries
+            if (e["stage"], setting_label(e["setting"]), e["metric"]) == (stage, setting, metric)
+        )
+        lines += [f"## {stage}: {setting} ({metric})", ""]
+        table = [
+            {
+                "method": e["method"],
+                metric: f"{e['mean']:.4f}",
+                "vs default DeepLIFT": _difference(e.get("vs_default")),
+                f"vs {strongest} (strongest baseline)": _difference(e.get("vs_strongest")),
+            }
+            for e in entries
+            if (e["stage"], setting_label(e["setting"]), e["metric"]) == (stage, setting, metric)
+        ]
+        lines.append(report.markdown_table(table))
+    return "\n".join(lines)
