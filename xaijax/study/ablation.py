@@ -200,15 +200,16 @@ def run(
 def comparisons(
     rows: Sequence[Mapping[str, Any]], *, interval_method: str = "t", confidence: float = 0.95
 ) -> list[dict[str, Any]]:
-    """For every cell holding variants: each DeepLIFT-family method (the default and the
-    variants) against the default DeepLIFT method and against the strongest baseline (the
-    non-DeepLIFT method with the highest mean), on every compared metric."""
+    """For every cell holding variants (rows with ``overrides``): each DeepLIFT-family method
+    (the default, the variants and any other DeepLIFT method of the study) against the default
+    DeepLIFT method and against the strongest baseline (the non-DeepLIFT method with the highest
+    mean), on every compared metric."""
     found = []
     for cell in cells_of(rows):
         first, methods = cell[0], by_method(cell)
         ours = DEEPLIFT_METHOD.get(first["stage"])
-        if ours not in methods or len([m for m in methods if is_deeplift(m)]) < 2:
-            continue
+        if ours not in methods or not any("overrides" in row for row in cell):
+            continue  # No variant in this cell.
         for metric in COMPARED:
             means = {
                 m: sum(r[metric] for r in s.values()) / len(s)
@@ -222,6 +223,7 @@ def comparisons(
                     "setting": first["setting"],
                     "metric": metric,
                     "method": method,
+                    "n": len(methods[method]),
                     "mean": means[method],
                 }
                 for key, against in (("vs_default", ours), ("vs_strongest", baselines[0])):
@@ -265,7 +267,7 @@ def tables(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
     entries = comparisons(rows, **kwargs)
     keys = sorted(
         {(e["stage"], setting_label(e["setting"]), e["metric"]) for e in entries},
-        key=lambda k: (k[0], k[1], -COMPARED.index(k[2])),
+        key=lambda k: (k[0], k[1], COMPARED.index(k[2])),
     )
     for stage, setting, metric in keys:
         strongest = next(
@@ -277,6 +279,7 @@ def tables(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         table = [
             {
                 "method": e["method"],
+                "n seeds": e["n"],
                 metric: f"{e['mean']:.4f}",
                 "vs default DeepLIFT": _difference(e.get("vs_default")),
                 f"vs {strongest} (strongest baseline)": _difference(e.get("vs_strongest")),
