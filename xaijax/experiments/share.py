@@ -1,4 +1,5 @@
-"""Weight sharing experiment: importance-weighted k-means per layer, shared-weight fine-tuning.
+"""Weight sharing experiment: importance-weighted k-means or relevance-aware entropy-constrained
+(ECQ) assignment per layer, shared-weight fine-tuning.
 
 For every bit width in ``config.share.bits`` and importance in ``config.share.importances``
 (``uniform`` = plain k-means, or any criterion of ``xaijax.importance``, e.g. ``magnitude`` = |w|
@@ -7,13 +8,23 @@ and ``deeplift`` = mean over examples of |DeepLIFT contribution of the weight|, 
 (``xaijax.weight_sharing.cluster_params``), evaluated, fine-tuned with each centroid moved by the
 summed gradient of its members (``shared_gradients`` chained before the config's optimizer),
 snapped back onto its codebook and evaluated again. Exact zeros in kernels (pruned weights) stay
-zero and out of the clustering. The fine-tuning follows ``config.finetune``
-(``xaijax.experiments.recipe``); its distillation teacher is the float model the stage starts
-from, before clustering, and ``results.json`` records the options that are on (``finetune``).
+zero and out of the clustering.
+
+``config.share.assignments`` chooses the clustering of each row: ``kmeans`` (the importance
+weights the k-means) and/or ``ecq`` (``weight_sharing.ecq_cluster_params``: entropy-constrained
+assignment with a fixed zero centroid, the importance acting as the relevance that sends weights
+to zero, ``ecq_lambda`` the entropy multiplier relative to each layer's mean squared weight).
+ECQ rows are labelled ``ecq_<importance>`` (their ``importance`` field and directory prefix) and
+record ``assignment`` and ``relevance``; their zero-cluster weights are held at exactly zero
+during fine-tuning (as pruned weights are), so the zero centroid stays 0.
+
+The fine-tuning follows ``config.finetune`` (``xaijax.experiments.recipe``); its distillation
+teacher is the float model the stage starts from, before clustering, and ``results.json``
+records the options that are on (``finetune``).
 
 Outputs in ``workdir``: ``results.json`` (atomic), ``results.csv``, ``results.md`` and the plots
 ``accuracy_vs_bits.png``, ``accuracy_before_finetune_vs_bits.png``, ``accuracy_vs_ratio.png``.
-Each (importance, bits) run lives in ``workdir/<importance>_<bits>bit`` (``row.json`` and the
+Each (assignment, importance, bits) run lives in ``workdir/<label>_<bits>bit`` (``row.json`` and the
 fine-tuning checkpoints under ``finetune/``), tied to the fingerprint of everything that determines
 the row (:func:`row_fingerprints`): a rerun reuses finished rows and resumes unfinished fine-tuning
 of the same inputs, and recomputes rows whose inputs changed.
@@ -39,6 +50,13 @@ from xaijax import checkpoint, data, importance, provenance, report, training, w
 from xaijax.experiments import common, recipe, stage
 
 UNIFORM = "uniform"
+KMEANS, ECQ = "kmeans", "ecq"
+ASSIGNMENTS = (KMEANS, ECQ)
+#: ``share`` fields that only ECQ rows read: left out of every k-means row's fingerprint, and out
+#: of the stage's fingerprint when no row uses ECQ, so k-means results keep their fingerprints.
+ECQ_FIELDS = ("ecq_lambda",)
+#: ``share`` fields that enumerate the rows (each row's own values enter its fingerprint).
+SWEEP_FIELDS = ("bits", "importances", "assignments")
 #: ``share`` fields that only locate the starting point (its variables digest stands for them).
 STARTING_POINT_FIELDS = ("variables_dir", "trained_workdir")
 #: ``share`` fields read only when an importance criterion scores the weights.
@@ -62,9 +80,15 @@ def defaults() -> ml_collections.ConfigDict:
             # The sweep.
             "bits": (1, 2, 3, 4, 5),
             "importances": (UNIFORM, "magnitude", "deeplift"),
-            # k-means.
+            # Clustering: "kmeans" and/or "ecq" rows for every importance and bit width.
+            "assignments": (KMEANS,),
             "init": "linear",
             "max_iters": 30,
+            # ECQ entropy multiplier, relative to each layer's mean squared weight. At 0.05 on
+            # Laplace-distributed weights, 3 to 5 bits, the zero cluster holds 41-45% of the
+            # weights (19-33% at 0), the Huffman-coded indices are 13-26% smaller than
+            # k-means' and the squared error grows 1.2x (3 bits) to 3.3x (5 bits); docs/api.md.
+            "ecq_lambda": 0.05,
             # Importance scoring (data-driven criteria).
             "target": "label",
             "reference": config_dict.placeholder(str),  # None: the criterion's default
@@ -100,6 +124,18 @@ def validate(share: ml_collections.ConfigDict) -> None:
     for name in share.importances:
         if name != UNIFORM:
             importance.get_criterion(name)
+    if not share.assignments:
+        raise ValueError("config.share.assignments must name at least one assignment")
+    for name in share.assignments:
+        if name not in ASSIGNMENTS:
+            raise ValueError(
+                f"config.share.assignments must hold names in {ASSIGNMENTS}, got {name!r}"
+            )
+    if len(set(share.assignments)) != len(share.assignments):
+        raise ValueError(f"config.share.assignments has repeats: {tuple(share.assignments)}")
+    lam = share.ecq_lambda
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < float("inf"):
+        raise ValueError(f"config.share.ecq_lambda must be a finite number >= 0, got {lam!r}")
     if share.init not in weight_sharing.INITS:
         raise ValueError(
             f"config.share.init must be one of {weight_sharing.INITS}, got {share.init!r}"
@@ -162,20 +198,34 @@ def squared_error(params: Any, shared_params: Any) -> float:
     return float(sum(jnp.sum(jnp.square(kernels[name] - shared_kernels[name])) for name in kernels))
 
 
+def row_label(assignment: str, importance_name: str) -> str:
+    """A row's label (its ``importance`` field and directory prefix): the importance for k-means
+    rows, ``ecq_<importance>`` for ECQ rows."""
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+    return importance_name if assignment == KMEANS else f"{ECQ}_{importance_name}"
+
+
+def _without(fp: provenance.Fingerprint, fields: set[str]) -> provenance.Fingerprint:
+    return provenance.Fingerprint({k: v for k, v in fp.inputs.items() if k not in fields})
+
+
 def row_fingerprints(
     config: ml_collections.ConfigDict,
     share: ml_collections.ConfigDict,
     model: Any,
     variables: Mapping[str, Any],
-) -> dict[tuple[str, int], provenance.Fingerprint]:
-    """``(importance, bits) -> fingerprint`` of each row: the model and the digest of the
-    variables it starts from, the ``share`` fields the row reads and its fine-tuning settings."""
+) -> dict[tuple[str, str, int], provenance.Fingerprint]:
+    """``(assignment, importance, bits) -> fingerprint`` of each row: the model and the digest of
+    the variables it starts from, the ``share`` fields the row reads and its fine-tuning settings.
+    K-means rows leave out the ECQ fields (their fingerprints are those from before ECQ existed);
+    ECQ rows add ``assignment``."""
     base = provenance.fingerprint(
         unit="share",
         model=provenance.model_identity(model),
         start=provenance.variables_digest(variables),
         data=config.data,
-        share=common.plain(share, (*STARTING_POINT_FIELDS, "bits", "importances")),
+        share=common.plain(share, (*STARTING_POINT_FIELDS, *SWEEP_FIELDS)),
         finetune=common.finetune_settings(
             config,
             epochs=share.finetune_epochs,
@@ -184,16 +234,30 @@ def row_fingerprints(
         ),
     )
     unscored = {f"share.{field}" for field in SCORING_FIELDS}
+    ecq_only = {f"share.{field}" for field in ECQ_FIELDS}
     fingerprints = {}
-    for name in share.importances:
-        row_base = base
-        if name == UNIFORM:
-            row_base = provenance.Fingerprint(
-                {k: v for k, v in base.inputs.items() if k not in unscored}
-            )
-        for bits in share.bits:
-            fingerprints[name, bits] = row_base.extend(importance=name, bits=bits)
+    for assignment in share.assignments:
+        for name in share.importances:
+            row_base = base if assignment == ECQ else _without(base, ecq_only)
+            if name == UNIFORM:
+                row_base = _without(row_base, unscored)
+            method = {} if assignment == KMEANS else {"assignment": assignment}
+            for bits in share.bits:
+                fingerprints[assignment, name, bits] = row_base.extend(
+                    **method, importance=name, bits=bits
+                )
     return fingerprints
+
+
+def stage_fingerprint(
+    config: ml_collections.ConfigDict, model: Any, start_digest: str
+) -> provenance.Fingerprint:
+    """The stage's fingerprint (``stage.section_fingerprint`` of ``share``), without
+    ``assignments`` and the ECQ fields unless a row uses ECQ: as before ECQ existed otherwise."""
+    assignments = config.share.get("assignments", defaults().assignments)
+    unused = () if ECQ in assignments else ("assignments", *ECQ_FIELDS)
+    section = stage.section_fingerprint("share", (*STARTING_POINT_FIELDS, *unused))
+    return section(config, model, start_digest)
 
 
 def run_one(
@@ -208,22 +272,24 @@ def run_one(
     importance_name: str,
     run_dir: Path,
     unit: provenance.Fingerprint,
+    assignment: str = KMEANS,
 ) -> dict[str, Any]:
-    """Cluster, evaluate, fine-tune, snap, evaluate, measure size: one row of the results,
-    stamped with ``unit``'s digest."""
+    """Cluster (``assignment``: k-means or ECQ), evaluate, fine-tune, snap, evaluate, measure
+    size: one row of the results, stamped with ``unit``'s digest."""
     eval_batch = config.train.eval_batch_size
     started = time.perf_counter()
     params = variables["params"]
-    shared = weight_sharing.cluster_params(
-        params,
-        bits,
-        scores,
-        mask,
-        init=share.init,
-        max_iters=share.max_iters,
-        key=jax.random.key(share.seed),
-    )
+    options = {"init": share.init, "max_iters": share.max_iters, "key": jax.random.key(share.seed)}
+    if assignment == ECQ:
+        shared = weight_sharing.ecq_cluster_params(
+            params, bits, scores, mask, lam=share.ecq_lambda, **options
+        )
+    else:
+        shared = weight_sharing.cluster_params(params, bits, scores, mask, **options)
     shared_variables = {**variables, "params": weight_sharing.decode(params, shared)}
+    if assignment == ECQ:
+        # The zero centroid stays 0: its members are held at zero like pruned weights.
+        mask = common.zero_mask(shared_variables["params"])
     accuracy_shared = training.evaluate(model, splits.test, eval_batch, variables=shared_variables)
     tuned = common.finetune(
         config,
@@ -249,8 +315,12 @@ def run_one(
         model, splits.test, eval_batch, variables={**tuned, "params": snapped}
     )
     size = weight_sharing.size_report(snapped, tuned_shared)
+    snapped_kernels = weight_sharing.kernel_leaves(snapped)
+    ecq_fields = {"relevance": importance_name, "ecq_lambda": share.ecq_lambda}
     row = {
-        "importance": importance_name,
+        "importance": row_label(assignment, importance_name),
+        "assignment": assignment,
+        **(ecq_fields if assignment == ECQ else {}),
         "bits": bits,
         "accuracy_shared": accuracy_shared["accuracy"],
         "accuracy_finetuned": accuracy_tuned["accuracy"],
@@ -263,6 +333,7 @@ def run_one(
         "compression_ratio": size.compression_ratio,
         "huffman_compression_ratio": size.huffman_compression_ratio,
         "layers": {name: layer._asdict() for name, layer in size.layers.items()},
+        "zero_weights": int(sum(np.sum(np.asarray(snapped_kernels[name]) == 0) for name in shared)),
         "wall_time_s": time.perf_counter() - started,
     }
     return provenance.stamp(row, unit)
@@ -270,6 +341,7 @@ def run_one(
 
 TABLE_COLUMNS = (
     "importance",
+    "assignment",
     "bits",
     "accuracy_shared",
     "accuracy_finetuned",
@@ -277,6 +349,7 @@ TABLE_COLUMNS = (
     "compression_ratio",
     "huffman_compression_ratio",
     "squared_error",
+    "zero_weights",
 )
 
 
@@ -364,22 +437,27 @@ def run(
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
     fingerprints = row_fingerprints(config, share, model, variables)
     policy = common.resume_policy(config)
+    run_dirs = {
+        (assignment, name, bits): workdir / f"{row_label(assignment, name)}_{bits}bit"
+        for assignment, name, bits in fingerprints
+    }
     claims = {
-        (name, bits): provenance.claim(
-            workdir / f"{name}_{bits}bit",
+        key: provenance.claim(
+            run_dirs[key],
             fp,
-            what=f"the weight sharing row {name}, {bits} bits in {workdir}",
+            what=f"the weight sharing row {run_dirs[key].name} in {workdir}",
             policy=policy,
         )
-        for (name, bits), fp in fingerprints.items()
+        for key, fp in fingerprints.items()
     }
     rows = []
     for importance_name in share.importances:
-        pending = [
-            bits
+        keys = [
+            (assignment, importance_name, bits)
+            for assignment in share.assignments
             for bits in share.bits
-            if not (workdir / f"{importance_name}_{bits}bit" / "row.json").exists()
         ]
+        pending = {key for key in keys if not (run_dirs[key] / "row.json").exists()}
         started = time.perf_counter()
         scores = (
             importance_scores(importance_name, share, model, variables, splits.train)
@@ -387,11 +465,11 @@ def run(
             else None
         )
         score_seconds = time.perf_counter() - started
-        for bits in share.bits:
-            run_dir = workdir / f"{importance_name}_{bits}bit"
-            row_path = run_dir / "row.json"
-            if bits in pending:
-                logging.info("%s, %d bits", importance_name, bits)
+        for key in keys:
+            assignment, _, bits = key
+            row_path = run_dirs[key] / "row.json"
+            if key in pending:
+                logging.info("%s, %d bits", run_dirs[key].name, bits)
                 row = run_one(
                     config,
                     share,
@@ -402,12 +480,15 @@ def run(
                     mask,
                     bits,
                     importance_name,
-                    run_dir,
-                    fingerprints[importance_name, bits],
+                    run_dirs[key],
+                    fingerprints[key],
+                    assignment=assignment,
                 )
                 row["score_time_s"] = score_seconds
                 checkpoint.write_json_atomic(row_path, row)
-            rows.append(json.loads(row_path.read_text()))
+            row = json.loads(row_path.read_text())
+            row.setdefault("assignment", KMEANS)  # Rows written before ECQ existed.
+            rows.append(row)
     results = {
         "model": config.model.name,
         "dataset": config.data.name,
@@ -420,8 +501,8 @@ def run(
         else int(sum(np.sum(m == 0) for m in jax.tree.leaves(mask))),
         "rows": rows,
         "recomputed": {
-            f"{name}_{bits}bit": list(found.changed)
-            for (name, bits), found in claims.items()
+            run_dirs[key].name: list(found.changed)
+            for key, found in claims.items()
             if found.status == "recomputed"
         },
     }
@@ -436,6 +517,6 @@ STAGE = stage.register(
         defaults,
         validate,
         run,
-        fingerprint=recipe.with_recipe(stage.section_fingerprint("share", STARTING_POINT_FIELDS)),
+        fingerprint=recipe.with_recipe(stage_fingerprint),
     )
 )

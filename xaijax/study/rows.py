@@ -87,6 +87,17 @@ def _row(results: Mapping[str, Any], seed: int, stage: str, method: str, **field
     return row
 
 
+def share_method(row: Mapping[str, Any]) -> str:
+    """The study method of a weight sharing row: its importance for k-means rows (and rows
+    written before ECQ existed), ``ecq+<relevance>`` for ECQ rows (e.g. ``ecq+deeplift``)."""
+    assignment = row.get("assignment", "kmeans")
+    if assignment == "kmeans":
+        return row["importance"]
+    if assignment == "ecq":
+        return f"ecq+{row['relevance']}"
+    raise ValueError(f"unknown weight sharing assignment {assignment!r} in a share row")
+
+
 def recorded_seeds(results: Mapping[str, Any]) -> set[int]:
     """The seeds the experiment sections of a pipeline ``results`` record."""
     sections = [r["prune"] for r in results.get("prune", {}).values()]
@@ -141,7 +152,7 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
                     results,
                     seed,
                     "share",
-                    r["importance"],
+                    share_method(r),
                     setting={"bits": r["bits"]},
                     recipe=_recipe(share["share"], share),
                     fingerprint=fingerprints["share"],

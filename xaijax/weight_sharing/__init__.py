@@ -19,6 +19,8 @@ Modules, bottom to top (each imports only modules listed before it):
 * ``codebooks``: ``SharedLayer`` per kernel of a params pytree, ``cluster_params``, ``encode``,
   ``decode``, and the codebooks read back after fine-tuning (``extract_codebooks``,
   ``snap_to_codebooks``);
+* ``ecq``: ``ecq_cluster`` and ``ecq_cluster_params``, relevance-aware entropy-constrained
+  assignment with a fixed zero centroid (ECQx-style), giving the same ``SharedLayer`` s;
 * ``transform``: ``shared_gradients``, tied-gradient fine-tuning as an optax transform;
 * ``size``: storage in bits with packed or Huffman-coded indices (``size_report``).
 """
@@ -35,6 +37,7 @@ from xaijax.weight_sharing.codebooks import (
     kernel_leaves,
     snap_to_codebooks,
 )
+from xaijax.weight_sharing.ecq import ECQResult, ecq_cluster, ecq_cluster_params
 from xaijax.weight_sharing.initialization import INITS, initial_codebook
 from xaijax.weight_sharing.kmeans import KMeansResult, kmeans_1d
 from xaijax.weight_sharing.size import (
@@ -57,6 +60,7 @@ __all__ = [
     "MASKED",
     "MAX_BITS",
     "MIN_BITS",
+    "ECQResult",
     "KMeansResult",
     "LayerSize",
     "PyTree",
@@ -66,6 +70,8 @@ __all__ = [
     "SizeReport",
     "cluster_params",
     "decode",
+    "ecq_cluster",
+    "ecq_cluster_params",
     "encode",
     "extract_codebooks",
     "huffman_bits",
