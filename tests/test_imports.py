@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "sharding",
         }
     ),
-    frozenset({"models", "deeplift", "lrp", "weight_sharing", "config_utils"}),
+    frozenset({"models", "deeplift", "lrp", "weight_sharing", "config_utils", "consistency"}),
     frozenset({"training"}),
     frozenset({"importance", "pruning", "quantization"}),
     frozenset({"experiments", "artifact"}),
