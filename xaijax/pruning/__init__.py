@@ -18,6 +18,8 @@ Modules, bottom to top (each imports only modules listed before it):
 * ``transform``: ``keep_pruned``, masks as an optax transform;
 * ``accounting``: sparsity, parameter and FLOP costs, non-zero counts and storage of masked params;
 * ``shrinking``: ``shrink``, the physically narrower model;
+* ``shrink_any``: ``shrink_any``, the same for any linen model (no ``widths`` hook: sliced variables
+  and intercepted layer calls), and ``traced_layer_costs``, its parameters and FLOPs;
 * ``schedule``: sparsity schedules of iterative pruning;
 * ``budget``: ``match_sparsity``, the sparsity that meets a parameter budget;
 * ``iterative``: ``masks_by_kind`` (conv and dense targets) and ``iterative_prune``.
@@ -43,6 +45,7 @@ from xaijax.pruning.masks import (
 )
 from xaijax.pruning.schedule import schedule_fractions, sparsity_schedule
 from xaijax.pruning.selection import NORMALIZATIONS, SCOPES, Normalization, Scope, prune_count
+from xaijax.pruning.shrink_any import Narrowed, shrink_any, traced_layer_costs
 from xaijax.pruning.shrinking import shrink
 from xaijax.pruning.transform import KeepPrunedState, keep_pruned
 
@@ -51,6 +54,7 @@ __all__ = [
     "NORMALIZATIONS",
     "SCOPES",
     "KeepPrunedState",
+    "Narrowed",
     "Normalization",
     "PruneResult",
     "Scope",
@@ -70,9 +74,11 @@ __all__ = [
     "pruning_groups",
     "schedule_fractions",
     "shrink",
+    "shrink_any",
     "sparsity_schedule",
     "storage_bits",
     "total_costs",
+    "traced_layer_costs",
     "unit_masks",
     "unit_sparsity",
     "weight_masks",

@@ -6,6 +6,8 @@ qwix ops.
   (``"aqt"`` default, ``"qwix"``, ``"reference"``) and a plain-JAX reference backend;
   ``quantized_layer_kwargs`` feeds ``xaijax.models.get_model(layer_kwargs=...)`` and
   ``quantized_model`` clones a model with them. ``aqt_backend`` and ``qwix_backend`` implement it.
+* ``intercept``: ``quantize_any``, the same quantized ops on any linen model (no ``layer_kwargs``),
+  by intercepting its Conv / Dense calls by module path.
 * ``sensitivity``: per-layer, per-width sensitivities (DeepLIFT multipliers or Hessian traces times
   the quantization error).
 * ``allocation``: strategies and the exact multiple-choice knapsack solver.
@@ -55,6 +57,7 @@ from xaijax.quantization.export import (
     save_integer_model,
     unpack_bits,
 )
+from xaijax.quantization.intercept import InterceptQuantized, quantize_any
 from xaijax.quantization.qat import post_training_accuracy, quantization_aware_finetune
 from xaijax.quantization.sensitivity import (
     deeplift_sensitivity,
@@ -74,6 +77,7 @@ __all__ = [
     "SUPPORTED_BITS",
     "AqtBackend",
     "Budget",
+    "InterceptQuantized",
     "QuantizationBackend",
     "QwixBackend",
     "ReferenceBackend",
@@ -103,6 +107,7 @@ __all__ = [
     "post_training_accuracy",
     "quantization_aware_finetune",
     "quantization_errors",
+    "quantize_any",
     "quantize_kernel",
     "quantized_layer_kwargs",
     "quantized_model",
