@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,13 +28,15 @@ from xaijax.experiments import consistency_study
 
 
 class TinyNet(nn.Module):
-    """conv 3x3 (4 filters) - relu - dense: the smallest model with a spatial map."""
+    """conv 3x3 (4 filters unless ``widths["conv"]``) - relu - dense: the smallest model with a
+    spatial map; a ``widths`` dict makes it unhashable, like a shrunk zoo model."""
 
     num_classes: int = 10
+    widths: dict | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = nn.relu(nn.Conv(4, (3, 3))(x))
+        x = nn.relu(nn.Conv((self.widths or {}).get("conv", 4), (3, 3))(x))
         return nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
 
 
@@ -156,6 +161,8 @@ def test_maps_equal_a_direct_deeplift_call_and_sum_to_the_logit_delta():
     delta = logits[np.arange(7), labels] - at_zero[0, labels]
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), delta, rtol=1e-4, atol=1e-4)
     assert consistency.pixel_maps(model, variables, dataset, num_examples=2).shape == (2, 8, 8)
+    unhashable = TinyNet(widths={"conv": 4})  # Not cached, same maps.
+    np.testing.assert_allclose(consistency.pixel_maps(unhashable, variables, dataset), maps)
 
 
 def test_a_model_agrees_with_itself_and_less_with_a_perturbed_copy():
@@ -213,16 +220,37 @@ def write_seed(run_dir: Path, seed: int, criteria: tuple[str, ...]) -> dict:
     return {"dense": variables, **pruned}
 
 
-def test_study_rows_pair_each_pruned_model_and_the_next_seed_with_the_dense_model(tmp_path):
+CRITERIA = ("deeplift", "magnitude")
+SEEDS = (0, 1, 2)
+
+
+def study_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.data.name = "digits"
     config.model.name = "test_consistency:TinyNet"
-    criteria = ("deeplift", "magnitude")
-    seeds = (0, 1, 2)
-    drawn = {s: write_seed(tmp_path / f"seed_{s}", s, criteria) for s in seeds}
+    return config
+
+
+@pytest.fixture(scope="module")
+def fake_study(tmp_path_factory) -> tuple[Path, dict]:
+    """A finished study as the consistency code reads it (``study_config.json``, per seed the
+    dense and masked variables), with no training."""
+    study_dir = tmp_path_factory.mktemp("study")
+    drawn = {s: write_seed(study_dir / f"seed_{s}", s, CRITERIA) for s in SEEDS}
+    checkpoint.write_json_atomic(
+        study_dir / study.CONFIG_FILE, {"seeds": list(SEEDS), "config": study_config().to_dict()}
+    )
+    return study_dir, drawn
+
+
+def test_study_rows_pair_each_pruned_model_and_the_next_seed_with_the_dense_model(
+    fake_study, tmp_path
+):
+    study_dir, drawn = fake_study
+    config, criteria = study_config(), CRITERIA
     rows = consistency_study.study_rows(
-        tmp_path,
-        seeds,
+        study_dir,
+        SEEDS,
         lambda s: study.seed_config(config, s),
         num_examples=40,
         batch_size=32,
@@ -252,7 +280,7 @@ def test_study_rows_pair_each_pruned_model_and_the_next_seed_with_the_dense_mode
 
     # The pipeline step on seed 0 gives the same pruned rows and a report section.
     found = consistency_experiment.pipeline_step(
-        tmp_path / "seed_0",
+        study_dir / "seed_0",
         (model, drawn[0]["dense"]),
         criteria,
         test,
@@ -261,7 +289,7 @@ def test_study_rows_pair_each_pruned_model_and_the_next_seed_with_the_dense_mode
         batch_size=32,
     )
     assert found["yardstick"] is None and found["examples"] == 40
-    assert (tmp_path / "seed_0" / found["figure"]).exists()
+    assert (study_dir / "seed_0" / found["figure"]).exists()
     for step_row, study_row in zip(found["rows"], rows[:2], strict=True):
         assert step_row["spearman"] == pytest.approx(study_row["spearman"], abs=1e-6)
     text = "\n".join(consistency_experiment.report_lines(found))
@@ -313,3 +341,27 @@ def test_tables_give_scipy_paired_t_intervals_and_verdicts():
     assert "deeplift wins against magnitude" in text and "## Paired comparisons" in text
     single = [row for row in rows if row["seed"] == 0]
     assert consistency_study.comparisons(single)[0]["verdict"] == "n/a"
+
+
+def test_the_script_writes_the_rows_the_tables_and_the_figures(fake_study, tmp_path):
+    study_dir, _ = fake_study
+    output = tmp_path / "out"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "consistency.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    flags = [f"--study_workdir={study_dir}", f"--output={output}", "--examples=40"]
+    subprocess.run([sys.executable, str(script), *flags], check=True, env=env, timeout=300)
+    rows = study.read_rows(output / "rows.jsonl")
+    expected = consistency_study.study_rows(
+        study_dir, SEEDS, lambda s: study.seed_config(study_config(), s), num_examples=40
+    )
+    assert [(r["seed"], r["method"]) for r in rows] == [(r["seed"], r["method"]) for r in expected]
+    for row, want in zip(rows, expected, strict=True):
+        assert row["spearman"] == pytest.approx(want["spearman"], abs=1e-6)
+    text = (output / "consistency.md").read_text()
+    for name in ("agreement_spearman.png", "agreement_top_overlap.png", "consistency_heatmaps.png"):
+        assert f"]({name})" in text and (output / name).read_bytes()[:4] == b"\x89PNG"
+    (output / "consistency.md").unlink()
+    subprocess.run(
+        [sys.executable, str(script), *flags, "--tables_only"], check=True, env=env, timeout=120
+    )
+    assert (output / "consistency.md").read_text() == text

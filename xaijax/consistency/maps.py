@@ -4,8 +4,9 @@ A map is ``sum_c C[h, w, c]``: the DeepLIFT contributions (``xaijax.deeplift.att
 one image's pixels to the logit of its *true label*, summed over channels, against one shared
 reference (all zeros unless given), so two models are always explained for the same output
 from the same starting point. One jitted function per (model, rule) serves every variables of
-that architecture (a dense model and its masked copies, two seeds' dense models); the last
-batch is padded to the batch size, so a test set compiles once per model.
+that architecture (a dense model and its masked copies, two seeds' dense models; a model with
+unhashable fields gets its own); the last batch is padded to the batch size, so a test set
+compiles once per model.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from xaijax import data, deeplift
 from xaijax.consistency import metrics
 
 
-@functools.lru_cache(maxsize=32)
-def _map_function(model: nn.Module, rule: str) -> Callable[..., jax.Array]:
+def _build_map_function(model: nn.Module, rule: str) -> Callable[..., jax.Array]:
     @jax.jit
     def maps(variables: Any, images: jax.Array, labels: jax.Array, reference: jax.Array):
         apply = lambda x: model.apply(variables, x, train=False)
@@ -32,6 +32,18 @@ def _map_function(model: nn.Module, rule: str) -> Callable[..., jax.Array]:
         return contributions.sum(axis=-1)
 
     return maps
+
+
+_cached_map_function = functools.lru_cache(maxsize=32)(_build_map_function)
+
+
+def _map_function(model: nn.Module, rule: str) -> Callable[..., jax.Array]:
+    """The jitted map function of ``model``, shared by equal models; a model with unhashable
+    fields (e.g. the ``widths`` dict of a shrunk model) gets its own."""
+    try:
+        return _cached_map_function(model, rule)
+    except TypeError:
+        return _build_map_function(model, rule)
 
 
 def _examples(dataset: data.Dataset, num_examples: int | None) -> data.Dataset:

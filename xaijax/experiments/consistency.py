@@ -13,6 +13,7 @@ computes it from a study's seeds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ def pipeline_step(
 ) -> dict[str, Any]:
     """Dense vs each criterion's pruned model on the first ``num_examples`` test images, and
     the heatmaps of the first ``num_images`` side by side (``workdir/consistency_heatmaps.png``)."""
+    started = time.perf_counter()
     workdir = Path(workdir)
     candidates = pruned_models(dense[0], workdir, criteria)
     rows, maps = compare_to_dense(
@@ -133,6 +135,7 @@ def pipeline_step(
         "yardstick": None,
         "rows": rows,
         "figure": HEATMAP_FIGURE,
+        "wall_time_s": time.perf_counter() - started,
     }
 
 

@@ -280,3 +280,26 @@ def size_points(
             xs.append(float(row["nonzero_params"]))
             ys.append(float(row[measure]))
     return points
+
+
+def write_report(
+    output_dir: str | Path, rows: Sequence[Mapping[str, Any]], confidence: float = 0.95
+) -> Path:
+    """``output_dir/consistency.md``: :func:`tables`, then the figures (agreement against
+    non-zero parameters per measure, drawn here; the heatmaps when :func:`study_rows` drew
+    them there)."""
+    output_dir = Path(output_dir)
+    fraction = rows[0]["top_fraction"] if rows else consistency.DEFAULT_FRACTION
+    lines = [tables(rows, confidence), "## Figures", ""]
+    for measure in MEASURES:
+        label = measure_label(measure, fraction)
+        figure = consistency.agreement_vs_size(
+            output_dir / f"agreement_{measure}.png",
+            size_points(rows, measure),
+            measure=f"{label} with the dense model (mean over test images)",
+            title=f"{label} against size, one point per seed",
+        )
+        lines += [f"![{label} against size]({figure.name})", ""]
+    if (output_dir / HEATMAP_FIGURE).exists():
+        lines += [f"![dense and compressed heatmaps]({HEATMAP_FIGURE})", ""]
+    return report.write_text_atomic(output_dir / "consistency.md", "\n".join(lines))
