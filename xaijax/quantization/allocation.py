@@ -180,15 +180,19 @@ def solve_multiple_choice_knapsack(
             f"infeasible after rounding costs to units of {unit}; raise max_units (now {max_units})"
         )
     best = np.zeros(capacity + 1)
-    choice = np.empty((rows, capacity + 1), dtype=np.int8)
+    choice = np.zeros((rows, capacity + 1), dtype=np.int8)
     for r in range(rows):
-        candidates = np.full((options, capacity + 1), np.inf)
+        # Running minimum over the options (memory O(capacity), not O(options * capacity));
+        # a strict '<' keeps the first minimising option, as an argmin over them would.
+        row_best = np.full(capacity + 1, np.inf)
         for k in range(options):
             cost = int(costs[r, k])
             if cost <= capacity:
-                candidates[k, cost:] = best[: capacity + 1 - cost] + values[r, k]
-        choice[r] = np.argmin(candidates, axis=0)
-        best = candidates[choice[r], np.arange(capacity + 1)]
+                candidate = best[: capacity + 1 - cost] + values[r, k]
+                better = np.flatnonzero(candidate < row_best[cost:]) + cost
+                row_best[better] = candidate[better - cost]
+                choice[r, better] = k
+        best = row_best
     picked = np.empty(rows, dtype=np.int64)
     c = capacity
     for r in reversed(range(rows)):
