@@ -25,6 +25,8 @@ its value, unused). With ``lam = 0``, uniform relevance and no zero centroid, th
 exactly 1-D k-means (Lloyd). Masked (pruned) weights take no part and get the index ``MASKED``.
 
 Each iteration costs O(n k) time and O(n) memory (a loop over the k entries).
+``ecq_cluster_params`` pads each kernel with masked entries to a power of two (at least
+``MIN_PADDED_LENGTH``), so layers of similar size share one compilation.
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ from xaijax.weight_sharing.initialization import INITS, _initial_codebook
 from xaijax.weight_sharing.kmeans import _check_init
 from xaijax.weight_sharing.sorted_values import _sort_data
 from xaijax.weight_sharing.validation import _check_bits, _check_importance, _is_concrete
+
+MIN_PADDED_LENGTH = 4096
+"""``ecq_cluster_params`` pads a kernel of n weights to max(MIN_PADDED_LENGTH, 2^ceil(log2 n))."""
+
+
+def _padded_length(n: int) -> int:
+    return max(MIN_PADDED_LENGTH, 1 << max(n - 1, 0).bit_length())
+
+
+def _pad(x: jax.Array, length: int, fill: Any) -> jax.Array:
+    return jnp.concatenate([x, jnp.full((length - x.shape[0],), fill, x.dtype)])
 
 
 class ECQResult(NamedTuple):
@@ -306,6 +319,9 @@ def ecq_cluster_params(
     weights), so one value fits layers of any magnitude and scaling a kernel by a constant leaves
     its assignment unchanged. Each layer has a zero centroid; weights sent to it keep their index
     (entropy coding makes the frequent zero index cheap), pruned weights (mask 0) get ``MASKED``.
+    Kernels are padded with masked entries (``MIN_PADDED_LENGTH``), which take no part: the result
+    is that of ``ecq_cluster`` on the kernel itself, except that the draws of the "random" and
+    "kmeans++" inits depend on the padded length.
 
     Args:
       params: a Flax params pytree; its 'kernel' leaves are the clustered layers.
@@ -336,19 +352,26 @@ def ecq_cluster_params(
         if name not in layer_bits:
             continue
         flat = jnp.ravel(jnp.asarray(kernel, jnp.float32))
-        keep = None if name not in masks else jnp.ravel(jnp.asarray(masks[name]) != 0)
-        kept = flat if keep is None else jnp.where(keep, flat, 0.0)
-        count = flat.shape[0] if keep is None else jnp.sum(keep)
-        mean_square = float(jnp.sum(jnp.square(kept)) / jnp.maximum(count, 1))
+        n = flat.shape[0]
+        length = _padded_length(n)
+        keep = jnp.ones((n,), bool)
+        if name in masks:
+            keep = jnp.ravel(jnp.asarray(masks[name]) != 0)
+        kept = jnp.where(keep, flat, 0.0)
+        mean_square = float(jnp.sum(jnp.square(kept)) / jnp.maximum(jnp.sum(keep), 1))
+        layer_relevance = None
+        if name in scores:
+            layer_relevance = _pad(jnp.ravel(jnp.asarray(scores[name], jnp.float32)), length, 0.0)
         result = ecq_cluster(
-            flat,
+            _pad(flat, length, 0.0),
             layer_bits[name],
-            None if name not in scores else jnp.ravel(jnp.asarray(scores[name], jnp.float32)),
+            layer_relevance,
             lam=lam * mean_square,
-            mask=keep,
+            mask=_pad(keep, length, False),
             init=init,
             max_iters=max_iters,
             key=jax.random.fold_in(key, number),
         )
-        shared[name] = SharedLayer(result.codebook, result.indices.reshape(jnp.shape(kernel)))
+        indices = result.indices[:n].reshape(jnp.shape(kernel))
+        shared[name] = SharedLayer(result.codebook, indices)
     return shared
