@@ -18,6 +18,10 @@
    documented in ``xaijax.artifact.final``); the report gives its accuracy, measured with the
    artifact itself, and its size on disk next to the computed size. It is rewritten on every
    run (a few seconds) and is no stage: it has no fingerprint and changes none.
+8. ``consistency`` (``config.compress.explain_consistency``, default on, with ``prune``): how far
+   each pruned model's DeepLIFT explanations moved from the dense model's on the first
+   ``config.compress.consistency_examples`` test images (``xaijax.experiments.consistency``);
+   like the artifact it reruns every time (seconds), with no fingerprint.
 
 Each stage lives in ``workdir/<stage>`` and is finished when its ``stage.json`` exists (written
 atomically, last). ``stage.json`` records the stage's fingerprint (``xaijax.provenance``): the
@@ -53,7 +57,7 @@ from xaijax import (
     report,
     training,
 )
-from xaijax.experiments import common, recipe
+from xaijax.experiments import common, consistency, recipe
 from xaijax.experiments import explain as explain_experiment
 
 
@@ -68,6 +72,9 @@ def defaults() -> ml_collections.ConfigDict:
             "importance_examples": 1000,
             # Write <workdir>/artifact (xaijax.artifact) last; no stage's fingerprint reads it.
             "export_artifact": True,
+            # Dense vs pruned DeepLIFT maps in the report; no stage's fingerprint reads these.
+            "explain_consistency": True,
+            "consistency_examples": 500,
         }
     )
 
@@ -89,13 +96,15 @@ def validate(section: ml_collections.ConfigDict) -> None:
             f"config.compress.carry ({section.carry!r}) must be one of config.compress.criteria "
             f"{tuple(section.criteria)}"
         )
-    for field in ("explain_examples", "importance_examples"):
+    for field in ("explain_examples", "importance_examples", "consistency_examples"):
         value = section[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config.compress.{field} must be an integer >= 1, got {value!r}")
-    if not isinstance(section.export_artifact, bool):
-        given = section.export_artifact
-        raise ValueError(f"config.compress.export_artifact must be True or False, got {given!r}")
+    for field in ("export_artifact", "explain_consistency"):
+        if not isinstance(section[field], bool):
+            raise ValueError(
+                f"config.compress.{field} must be True or False, got {section[field]!r}"
+            )
 
 
 def run_stage(
@@ -247,6 +256,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
             model=carry_model,
             variables=carry_variables,
             test=splits.test,
+            batch_size=eval_batch,
+        )
+    if section.explain_consistency and "prune" in results:
+        logging.info("consistency: dense vs pruned DeepLIFT maps")
+        results["consistency"] = consistency.pipeline_step(
+            workdir,
+            (model, variables),
+            tuple(results["prune"]),
+            splits.test,
+            num_examples=section.consistency_examples,
+            num_images=section.explain_examples,
             batch_size=eval_batch,
         )
     summary = write_report(workdir, results, section)
@@ -418,6 +438,8 @@ def write_report(
         lines += [f"### {stage}", "", report.markdown_table(rows)]
     if "artifact" in results:
         lines += artifact.final.report_lines(results["artifact"])
+    if "consistency" in results:
+        lines += consistency.report_lines(results["consistency"])
     lines += [
         "## Provenance",
         "",

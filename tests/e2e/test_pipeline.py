@@ -88,6 +88,11 @@ def test_every_report_artifact(finished):
     report = (workdir / "report.md").read_text()
     for heading in ("## Stages", "### prune", "### share", "### quantize"):
         assert heading in report
+    assert "## Explanation consistency" in report and len(results["consistency"]["rows"]) == 2
+    assert all(
+        -1.0 <= r["spearman"] <= 1.0 and 0.0 <= r["top_overlap"] <= 1.0
+        for r in results["consistency"]["rows"]
+    ), results["consistency"]["rows"]
     for image in ("accuracy_vs_compression.png", "explain/heatmaps.png"):
         assert f"]({image})" in report
     stages = results["summary"]["stages"]

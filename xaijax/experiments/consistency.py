@@ -96,7 +96,11 @@ def pruned_models(model: nn.Module, workdir: str | Path, criteria: Sequence[str]
         run_dir = Path(workdir) / "prune" / criterion
         if not (run_dir / "results.json").exists():
             raise ValueError(f"no finished pruning run for criterion {criterion!r} in {run_dir}")
-        found[criterion] = prune.load_result(model, run_dir)
+        pruned, variables = prune.load_result(model, run_dir)
+        widths = getattr(pruned, "widths", None)
+        if isinstance(widths, dict):  # Frozen, equal shrunk models share one compiled map.
+            pruned = pruned.clone(widths=models.freeze_mapping(widths))
+        found[criterion] = (pruned, variables)
     return found
 
 
