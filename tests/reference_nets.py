@@ -4,6 +4,7 @@ comparison helpers."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import deeplift_oracle as oracle
@@ -135,19 +136,36 @@ def _conv(p: Any, padding: str) -> oracle.Conv:
 
 
 def draw_variables(
-    model: nn.Module, input_shape: tuple[int, ...], seed: int, bias_scale: float = 0.5
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    seed: int,
+    bias_scale: float = 0.5,
+    *,
+    kernel_gain: float = 1.0,
+    **init_kwargs: Any,
 ) -> dict[str, Any]:
-    """``{"params": ...}`` for inputs ``[B, *input_shape]``: kernels ~ N(0, 1 / fan_in), biases
-    ~ N(0, bias_scale^2), float32 (numpy draws, no XLA compilation). Non-zero biases make the
-    reference activations non-trivial, so DeepLIFT differs from gradient x input."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *input_shape)))
+    """Variables of ``model`` for inputs ``[B, *input_shape]`` drawn with numpy (no XLA
+    compilation; the shapes come from ``jax.eval_shape``), float32: kernels
+    ~ N(0, kernel_gain^2 / fan_in); BatchNorm scales 1 + bias_scale * N(0, 1) and variances
+    1 + bias_scale * |N(0, 1)|; biases, offsets and means bias_scale * N(0, 1). Non-trivial biases
+    and statistics make a wrong slice or mask show in the outputs, and make DeepLIFT differ from
+    gradient x input. ``init_kwargs`` go to ``model.init`` (e.g. ``train=False``)."""
+    init = functools.partial(model.init, **init_kwargs)
+    shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, *input_shape)))
     generator = np.random.default_rng(seed)
 
     def draw(path: Any, spec: jax.ShapeDtypeStruct) -> jax.Array:
+        name = jax.tree_util.keystr(path)
         noise = generator.standard_normal(spec.shape)
-        if jax.tree_util.keystr(path).endswith("['kernel']"):
-            return jnp.asarray(noise / np.sqrt(np.prod(spec.shape[:-1])), jnp.float32)
-        return jnp.asarray(bias_scale * noise, jnp.float32)
+        if name.endswith("['kernel']"):
+            values = kernel_gain * noise / np.sqrt(np.prod(spec.shape[:-1]))
+        elif name.endswith("['var']"):
+            values = 1.0 + bias_scale * np.abs(noise)
+        elif name.endswith("['scale']"):
+            values = 1.0 + bias_scale * noise
+        else:
+            values = bias_scale * noise
+        return jnp.asarray(values, jnp.float32)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_nets import draw_variables
 
 from xaijax import deeplift
 from xaijax.models import ResNet, get_model
@@ -36,27 +37,8 @@ def _uniform(generator: np.random.Generator, shape) -> jax.Array:
 
 
 def _init(model, shape, seed: int, scale: float = 0.1, **kwargs):
-    """Random variables for ``model`` on inputs ``[1, *shape]``: kernels ~ N(0, 1/fan_in), biases
-    and BatchNorm statistics randomised by ``scale`` so that no value is trivial (numpy draws:
-    no XLA compilation)."""
-    init = functools.partial(model.init, **kwargs)
-    specs = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, *shape)))
-    generator = np.random.default_rng(seed)
-
-    def draw(path, spec):
-        name = jax.tree_util.keystr(path)
-        noise = generator.standard_normal(spec.shape)
-        if name.endswith("['kernel']"):
-            values = noise / np.sqrt(np.prod(spec.shape[:-1]))
-        elif name.endswith("['var']"):
-            values = 1.0 + scale * np.abs(noise)
-        elif name.endswith("['scale']"):
-            values = 1.0 + scale * noise
-        else:
-            values = scale * noise
-        return jnp.asarray(values, spec.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, specs)
+    """Random variables for ``model`` on inputs ``[1, *shape]`` (``reference_nets``)."""
+    return draw_variables(model, shape, seed, scale, **kwargs)
 
 
 def _selected(outputs: jax.Array, target) -> jax.Array:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_nets import draw_variables
 
 from xaijax import importance, models
 
@@ -18,16 +19,8 @@ DATA_CRITERIA = ("deeplift", "taylor")
 def lenet():
     """LeNet-5 with numpy-drawn weights (no compilation) and a few non-negative images."""
     model = models.get_model("lenet5")
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *SHAPE), jnp.float32))
+    variables = draw_variables(model, SHAPE, 0, 0.05, kernel_gain=np.sqrt(2.0))
     rng = np.random.default_rng(0)
-
-    def draw(path, leaf):
-        if jax.tree_util.keystr(path[-1:]) == "['kernel']":
-            return rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-        return 0.05 * rng.standard_normal(leaf.shape)
-
-    variables = jax.tree_util.tree_map_with_path(draw, abstract)
-    variables = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables)
     images = rng.uniform(0.0, 1.0, (6, *SHAPE)).astype(np.float32)
     labels = np.array([0, 3, 7, 3, 9, 1], np.int32)
     return model, variables, images, labels

@@ -12,6 +12,7 @@ import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference_nets import draw_variables
 
 from xaijax import data, importance, models, pruning, training
 
@@ -33,20 +34,7 @@ def init(model, shape, seed=0):
 
 @functools.cache
 def _init(model, shape, seed):
-    abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape), jnp.float32))
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path[-1:])
-        if "kernel" in name:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return rng.standard_normal(leaf.shape) / np.sqrt(fan_in)
-        if "scale" in name or "var" in name:
-            return rng.uniform(0.5, 1.5, leaf.shape)
-        return 0.1 * rng.standard_normal(leaf.shape)
-
-    drawn = jax.tree_util.tree_map_with_path(draw, abstract)
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), drawn)
+    return draw_variables(model, shape, seed, 0.1)
 
 
 def zero_params(model, shape):
