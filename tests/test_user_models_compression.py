@@ -1,0 +1,278 @@
+"""Quantization (quantize_any) and physical shrinking (shrink_any) of unmodified user models.
+
+References are computed another way: the fake-quantized model is the plain model applied to
+variables whose kernels were replaced by ``fake_quantize`` (``straight_through`` for gradients);
+the masked model is the plain model applied to ``xaijax.pruning.mask_variables``; kept parameter
+counts come from ``params_mask`` and, for the Sequential CNN, from the layer shapes by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import user_models
+from flax import traverse_util
+
+from xaijax.models import count_params, discover_layer_specs, get_model, layer_costs
+from xaijax.pruning import (
+    mask_variables,
+    params_mask,
+    shrink,
+    shrink_any,
+    traced_layer_costs,
+)
+from xaijax.quantization import quantize_any, quantized_model
+from xaijax.quantization.numerics import straight_through
+
+#: name -> (model, input shape, apply kwargs, layer groups left out of the shrink tests).
+USER_MODELS = {
+    # Conv_0's group feeds ResidualBlock_0, whose code compares its input width with 8.
+    "small_resnet": (user_models.SmallResNet(), (2, 8, 8, 3), {"train": False}, {"Conv_0"}),
+    "sequential": (user_models.sequential_cnn(), (2, 8, 8, 1), {}, set()),
+    # branch_a and branch_b are concatenated before mix.
+    "branchy": (user_models.BranchyCNN(), (2, 8, 8, 3), {}, {"branch_a", "branch_b"}),
+}
+
+
+def by_layer(tree):
+    """``{"Block_0/Conv_1": {"kernel": ...}}``: the layer-keyed view the pruning functions take."""
+    out = {}
+    for path, leaf in traverse_util.flatten_dict(tree, sep="/").items():
+        module, name = path.rsplit("/", 1)
+        out.setdefault(module, {})[name] = leaf
+    return out
+
+
+def nested(tree):
+    flat = {f"{m}/{k}": v for m, leaves in tree.items() for k, v in leaves.items()}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def random_variables(model, x, **kwargs):
+    """Variables shaped like ``model.init``'s, drawn with numpy (compiling the initializers takes
+    longer than every test here): kernels ~ N(0, 1 / fan_in), BatchNorm scales and variances in
+    [0.5, 1.5], other leaves ~ N(0, 0.1^2), so BatchNorm statistics differ between channels."""
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, **kwargs), x)
+    rng = np.random.default_rng(0)
+    flat = {}
+    for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items():
+        name = path.rsplit("/", 1)[-1]
+        if name == "kernel":
+            value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+        elif name in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, leaf.shape)
+        else:
+            value = 0.1 * rng.normal(size=leaf.shape)
+        flat[path] = jnp.asarray(value, leaf.dtype)
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+@functools.cache
+def setup_model(name):
+    model, shape, kwargs, skip = USER_MODELS[name]
+    x = jax.random.normal(jax.random.key(0), shape)
+    specs = discover_layer_specs(model, x, **kwargs)
+    return model, x, random_variables(model, x, **kwargs), kwargs, specs, skip
+
+
+def with_kernels(variables, bits, fn):
+    """``variables`` with each named layer's kernel replaced by ``fn(kernel, bits)``."""
+    params = by_layer(variables["params"])
+    for layer, b in bits.items():
+        params[layer] = {**params[layer], "kernel": fn(params[layer]["kernel"], b)}
+    return {**variables, "params": nested(params)}
+
+
+def bit_allocation(specs):
+    widths = (3, 8, 4, 6, 5, 7, 8)
+    return {spec.name: widths[i % len(widths)] for i, spec in enumerate(specs)}
+
+
+def close(a, b, rtol=1e-5):
+    scale = float(jnp.max(jnp.abs(b)))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=rtol * scale, rtol=0)
+
+
+# --- quantize_any -----------------------------------------------------------------------------
+
+
+def outputs_and_gradients(apply, variables, x, kwargs, with_grads=True):
+    """Jitted (outputs, d sum(w * outputs) / d params): one compilation per model."""
+    weights = jax.random.normal(jax.random.key(3), (x.shape[0], 10))
+
+    def run(variables):
+        def loss(params):
+            return jnp.sum(weights * apply({**variables, "params": params}, x, **kwargs))
+
+        out = apply(variables, x, **kwargs)
+        return out, (jax.grad(loss)(variables["params"]) if with_grads else None)
+
+    return jax.jit(run)(variables)
+
+
+@pytest.mark.parametrize("backend", ["aqt", "reference"])
+def test_quantize_any_equals_quantized_model_on_lenet5(backend):
+    model = get_model("lenet5")
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    variables = random_variables(model, x)
+    bits = bit_allocation(model.layer_specs())
+    ours = outputs_and_gradients(quantize_any(model, bits, backend=backend).apply, variables, x, {})
+    theirs = outputs_and_gradients(
+        quantized_model(model, bits, backend=backend).apply, variables, x, {}
+    )
+    jax.tree.map(close, ours, theirs)
+
+
+@pytest.mark.parametrize("backend", ["aqt", "reference", "qwix"])
+@pytest.mark.parametrize("name", list(USER_MODELS))
+def test_quantize_any_equals_fake_quantized_reference(name, backend):
+    """Outputs equal the plain model's on fake-quantized kernels; gradients (QAT) equal the
+    straight-through ones: the float model's gradient at the quantized kernels (qwix: outputs)."""
+    model, x, variables, kwargs, specs, _ = setup_model(name)
+    bits = bit_allocation(specs)
+    with_grads = backend != "qwix"
+    out, grads = outputs_and_gradients(
+        quantize_any(model, bits, backend=backend).apply, variables, x, kwargs, with_grads
+    )
+
+    def reference_apply(v, x, **kw):
+        return model.apply(with_kernels(v, bits, straight_through), x, **kw)
+
+    expected, expected_grads = outputs_and_gradients(
+        reference_apply, variables, x, kwargs, with_grads
+    )
+    close(out, expected)
+    # Quantization took place: at 3 to 8 bits the float model answers differently.
+    float_out = jax.jit(functools.partial(model.apply, **kwargs))(variables, x)
+    assert float(jnp.max(jnp.abs(out - float_out))) > 1e-4
+    if with_grads:
+        jax.tree.map(close, grads, expected_grads)
+        for spec in specs:
+            kernel_grad = by_layer(grads)[spec.name]["kernel"]
+            assert float(jnp.max(jnp.abs(kernel_grad))) > 0, spec.name
+
+
+def test_quantize_any_checks_layer_names_and_groups():
+    model, x, variables, _, _, _ = setup_model("sequential")
+    with pytest.raises(ValueError, match="never calls"):
+        quantize_any(model, {"Conv_0": 4}).apply(variables, x)
+    with pytest.raises(ValueError, match="bit width 1"):
+        quantize_any(model, {"layers_0": 1})
+
+    grouped = nn.Sequential([nn.Conv(4, (3, 3), feature_group_count=2), jnp.ravel])
+    x = jnp.ones((1, 5, 5, 4))
+    variables = random_variables(grouped, x)
+    with pytest.raises(ValueError, match="'layers_0' is a grouped convolution"):
+        quantize_any(grouped, {"layers_0": 4}).apply(variables, x)
+
+
+# --- shrink_any -------------------------------------------------------------------------------
+
+
+def random_masks(specs, variables, skip, seed=0):
+    """A keep-mask for every non-classifier layer outside ``skip`` (one per tied group)."""
+    rng = np.random.default_rng(seed)
+    params = by_layer(variables["params"])
+    masks, by_group = {}, {}
+    for spec in specs:
+        group = spec.tied_group or spec.name
+        if spec.is_classifier or group in skip:
+            continue
+        if group not in by_group:
+            keep = rng.random(params[spec.name]["kernel"].shape[-1]) < 0.6
+            keep[rng.integers(keep.size)] = True
+            by_group[group] = keep
+        masks[spec.name] = by_group[group]
+    return masks
+
+
+def masked_outputs(model, specs, variables, masks, x, kwargs):
+    layered = {col: by_layer(tree) for col, tree in variables.items()}
+    masked = mask_variables(specs, layered, masks)
+    return model.apply({col: nested(tree) for col, tree in masked.items()}, x, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(USER_MODELS))
+def test_shrink_any_equals_masked_model(name):
+    model, x, variables, kwargs, specs, skip = setup_model(name)
+    masks = random_masks(specs, variables, skip)
+    assert any(not m.all() for m in masks.values())
+    narrow, narrow_variables = shrink_any(model, variables, masks, x, **kwargs)
+
+    close(
+        narrow.apply(narrow_variables, x, **kwargs),
+        masked_outputs(model, specs, variables, masks, x, kwargs),
+    )
+    narrow_params = by_layer(narrow_variables["params"])
+    for layer, keep in masks.items():
+        assert narrow_params[layer]["kernel"].shape[-1] == keep.sum()
+
+    # Kept parameters: what the structured mask leaves, counted by params_mask.
+    mask = params_mask(specs, by_layer(variables["params"]), masks)
+    kept = sum(int(np.sum(np.asarray(leaf))) for leaf in jax.tree.leaves(mask))
+    assert count_params(narrow_variables["params"]) == kept < count_params(variables["params"])
+    costs = traced_layer_costs(narrow, narrow_variables, specs, x, **kwargs)
+    for spec in specs:
+        modules = [spec.name] + ([spec.bn] if spec.bn else [])
+        expected = sum(
+            int(np.sum(np.asarray(leaf))) for m in modules for leaf in jax.tree.leaves(mask[m])
+        )
+        assert costs[spec.name]["params"] == expected, spec.name
+
+
+def test_shrink_any_sequential_costs_by_hand():
+    model, x, variables, kwargs, specs, _ = setup_model("sequential")
+    k0, k3, k7 = (np.arange(8) % 3 != 0), (np.arange(16) % 4 == 1), (np.arange(32) < 5)
+    masks = {"layers_0": k0, "layers_3": k3, "layers_7": k7}
+    narrow, narrow_variables = shrink_any(model, variables, masks, x, **kwargs)
+    close(
+        narrow.apply(narrow_variables, x), masked_outputs(model, specs, variables, masks, x, kwargs)
+    )
+    c0, c3, c7 = int(k0.sum()), int(k3.sum()), int(k7.sum())
+    # 8x8x1 input; conv (SAME) at 8x8, max-pool to 4x4, conv at 4x4 + BatchNorm, flatten, dense.
+    expected = {
+        "layers_0": {"params": 9 * 1 * c0 + c0, "flops": 2 * 64 * 9 * 1 * c0},
+        "layers_3": {"params": 9 * c0 * c3 + c3 + 2 * c3, "flops": 2 * 16 * 9 * c0 * c3},
+        "layers_7": {"params": 16 * c3 * c7 + c7, "flops": 2 * 16 * c3 * c7},
+        "layers_9": {"params": c7 * 10 + 10, "flops": 2 * c7 * 10},
+    }
+    assert traced_layer_costs(narrow, narrow_variables, specs, x) == expected
+    total = sum(c["params"] for c in expected.values())
+    assert count_params(narrow_variables["params"]) == total
+
+
+def test_shrink_any_equals_zoo_shrink_on_lenet5():
+    model = get_model("lenet5")
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    variables = random_variables(model, x)
+    specs = model.layer_specs()
+    masks = random_masks(specs, variables, set(), seed=1)
+    narrow, narrow_variables = shrink_any(model, variables, masks, x, specs=specs)
+    zoo, zoo_variables = shrink(model, variables, masks)
+    jax.tree.map(np.testing.assert_array_equal, narrow_variables, zoo_variables)
+    close(narrow.apply(narrow_variables, x), zoo.apply(zoo_variables, x))
+    assert traced_layer_costs(narrow, narrow_variables, specs, x) == layer_costs(
+        zoo, zoo_variables, x.shape[1:]
+    )
+
+
+def test_shrink_any_names_what_it_cannot_follow():
+    model, x, variables, kwargs, specs, _ = setup_model("branchy")
+    masks = random_masks(specs, variables, set())
+    with pytest.raises(ValueError, match=r"'branch_a'.*'mix' reads a concatenation"):
+        shrink_any(model, variables, masks, x)
+    keep_all = {name: np.ones_like(m) for name, m in masks.items()}
+    with pytest.raises(ValueError, match="classifier 'head'"):
+        shrink_any(model, variables, {**keep_all, "head": np.arange(10) < 5}, x)
+
+    model, x, variables, kwargs, specs, _ = setup_model("small_resnet")
+    masks = random_masks(specs, variables, set())
+    with pytest.raises(ValueError, match="'ResidualBlock_0/Conv_2', which the full model does not"):
+        shrink_any(model, variables, masks, x, **kwargs)
+    with pytest.raises(ValueError, match="tied layers"):
+        shrink_any(model, variables, {"Conv_0": masks["Conv_0"]}, x, **kwargs)
