@@ -250,3 +250,43 @@ def test_integer_export_that_scores_differently_is_refused(tmp_path, start, monk
             variables=variables,
             splits=splits,
         )
+
+
+def test_neutral_fields_enter_fingerprints_only_when_they_change_the_computation():
+    """A field added after results were cached is left out at its neutral value (so those results
+    stay valid) and included at any other value."""
+    section = {"bits": 4, "backend": "aqt"}
+    assert common.plain(section, neutral={"backend": "aqt"}) == {"bits": 4}
+    assert common.plain({**section, "backend": "qwix"}, neutral={"backend": "aqt"}) == {
+        "bits": 4,
+        "backend": "qwix",
+    }
+    config = smoke_config()
+    q = quantize_experiment.defaults()
+    model = training.model_from_config(config)
+    bits = {"conv1": 4}
+    default = quantize_experiment.allocation_fingerprint(config, q, model, "start", bits)
+    assert not any("backend" in key for key in default.inputs)
+    q.backend = "reference"
+    other = quantize_experiment.allocation_fingerprint(config, q, model, "start", bits)
+    assert other.inputs["backend"] == "reference" and other.digest != default.digest
+    stage_print = quantize_experiment.STAGE.fingerprint
+    with config.unlocked():
+        config.quantize = q
+    assert "quantize.backend" in stage_print(config, model, "start").inputs
+    config.quantize.backend = "aqt"
+    assert "quantize.backend" not in stage_print(config, model, "start").inputs
+
+
+def test_share_importance_exponent_is_neutral_at_one():
+    config = smoke_config()
+    model = training.model_from_config(config)
+    variables = {"params": {"fc": {"kernel": np.ones((2, 2), np.float32)}}}
+    section = share_experiment.defaults()
+    before = share_experiment.row_fingerprints(config, section, model, variables)
+    assert not any("importance_exponent" in k for f in before.values() for k in f.inputs)
+    section.importance_exponent = 0.5
+    after = share_experiment.row_fingerprints(config, section, model, variables)
+    for key, fingerprint in after.items():
+        scored = key[1] != share_experiment.UNIFORM
+        assert (fingerprint.digest != before[key].digest) == scored, key

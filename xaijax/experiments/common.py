@@ -45,10 +45,22 @@ NON_RESULT_TRAIN_FIELDS = (
 )
 
 
-def plain(section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A config section as a plain dict without the fields ``drop``."""
+def plain(
+    section: Any, drop: tuple[str, ...] = (), neutral: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A config section as a plain dict without the fields ``drop``, and without each field of
+    ``neutral`` whose value is its neutral one.
+
+    ``neutral`` names fields added after results were cached, at the value that reproduces the
+    computation they had before (e.g. ``quantize.backend="aqt"``): a fingerprint then leaves them
+    out, so those results stay valid, and includes them as soon as they change anything."""
     given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    return {key: value for key, value in given.items() if key not in drop}
+    neutral = neutral or {}
+    return {
+        key: value
+        for key, value in given.items()
+        if key not in drop and not (key in neutral and value == neutral[key])
+    }
 
 
 def resume_policy(config: ml_collections.ConfigDict) -> str:

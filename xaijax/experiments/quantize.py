@@ -62,6 +62,9 @@ from xaijax.quantization import (
 
 #: ``quantize`` fields that only locate the starting point (its variables digest stands for them).
 STARTING_POINT_FIELDS = ("variables",)
+#: Fields added after results were cached, at the value that computes what they computed before:
+#: fingerprints leave them out at that value (``common.plain``).
+NEUTRAL_FIELDS = {"backend": "aqt"}
 SUMMARY_COLUMNS = ("strategy", "budget", "avg_bits", "ptq_accuracy", "qat_accuracy", "disk_bytes")
 
 
@@ -204,7 +207,7 @@ def allocation_fingerprint(
         data=config.data,
         bits=bits,
         activation_bits=q.activation_bits,
-        backend=q.backend,
+        **common.plain({"backend": q.backend}, neutral=NEUTRAL_FIELDS),
         pack_export=q.pack_export,
         finetune=common.finetune_settings(
             config,
@@ -424,7 +427,7 @@ STAGE = stage.register(
         validate,
         run,
         fingerprint=recipe.with_recipe(
-            stage.section_fingerprint("quantize", STARTING_POINT_FIELDS)
+            stage.section_fingerprint("quantize", STARTING_POINT_FIELDS, NEUTRAL_FIELDS)
         ),
     )
 )

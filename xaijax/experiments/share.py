@@ -59,6 +59,9 @@ ECQ_FIELDS = ("ecq_lambda",)
 SWEEP_FIELDS = ("bits", "importances", "assignments")
 #: ``share`` fields that only locate the starting point (its variables digest stands for them).
 STARTING_POINT_FIELDS = ("variables_dir", "trained_workdir")
+#: Fields added after results were cached, at the value that computes what they computed before:
+#: fingerprints leave them out at that value (``common.plain``).
+NEUTRAL_FIELDS = {"importance_exponent": 1.0}
 #: ``share`` fields read only when an importance criterion scores the weights.
 SCORING_FIELDS = (
     "target",
@@ -225,7 +228,7 @@ def row_fingerprints(
         model=provenance.model_identity(model),
         start=provenance.variables_digest(variables),
         data=config.data,
-        share=common.plain(share, (*STARTING_POINT_FIELDS, *SWEEP_FIELDS)),
+        share=common.plain(share, (*STARTING_POINT_FIELDS, *SWEEP_FIELDS), NEUTRAL_FIELDS),
         finetune=common.finetune_settings(
             config,
             epochs=share.finetune_epochs,
@@ -256,7 +259,7 @@ def stage_fingerprint(
     ``assignments`` and the ECQ fields unless a row uses ECQ: as before ECQ existed otherwise."""
     assignments = config.share.get("assignments", defaults().assignments)
     unused = () if ECQ in assignments else ("assignments", *ECQ_FIELDS)
-    section = stage.section_fingerprint("share", (*STARTING_POINT_FIELDS, *unused))
+    section = stage.section_fingerprint("share", (*STARTING_POINT_FIELDS, *unused), NEUTRAL_FIELDS)
     return section(config, model, start_digest)
 
 

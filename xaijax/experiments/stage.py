@@ -21,7 +21,7 @@ enable it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -31,11 +31,14 @@ from xaijax.experiments import common
 
 
 def section_fingerprint(
-    name: str, starting_point_fields: tuple[str, ...] = ()
+    name: str,
+    starting_point_fields: tuple[str, ...] = (),
+    neutral: Mapping[str, Any] | None = None,
 ) -> Callable[[ml_collections.ConfigDict, Any, str], provenance.Fingerprint]:
     """The default fingerprint of stage ``name``: the model, the digest of its starting
     variables, the data, optimizer and result-bearing training fields, and its whole section
-    except the fields that only locate a starting point (the digest stands for them)."""
+    except the fields that only locate a starting point (the digest stands for them) and the
+    ``neutral`` fields at their neutral values (``common.plain``)."""
 
     def fingerprint(
         config: ml_collections.ConfigDict, model: Any, start_digest: str
@@ -47,7 +50,7 @@ def section_fingerprint(
             data=config.data,
             optimizer=config.optimizer,
             train=common.plain(config.train, common.NON_RESULT_TRAIN_FIELDS),
-            **{name: common.plain(config[name], starting_point_fields)},
+            **{name: common.plain(config[name], starting_point_fields, neutral)},
         )
 
     return fingerprint
