@@ -276,3 +276,20 @@ def test_shrink_any_names_what_it_cannot_follow():
         shrink_any(model, variables, masks, x, **kwargs)
     with pytest.raises(ValueError, match="tied layers"):
         shrink_any(model, variables, {"Conv_0": masks["Conv_0"]}, x, **kwargs)
+
+
+class JoinsInput(nn.Module):
+    """conv1's channels are concatenated with the input before conv2 (a DenseNet-style join)."""
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+        y = nn.Conv(4, (3, 3), name="conv2")(jnp.concatenate([x, y], axis=-1))
+        return nn.Dense(10, name="head")(y.reshape((y.shape[0], -1)))
+
+
+def test_shrink_any_names_a_join_with_the_input():
+    model, x = JoinsInput(), jnp.ones((1, 5, 5, 3))
+    variables = random_variables(model, x)
+    with pytest.raises(ValueError, match="input channels of layer 'conv2'"):
+        shrink_any(model, variables, {"conv1": np.arange(8) < 4}, x)

@@ -80,7 +80,8 @@ def _narrow_call(module: nn.Module, name: str, kind: str, args: tuple, kwargs: d
 
 class Narrowed(nn.Module):
     """``model``'s code run on shrunk variables: each Conv / Dense of ``layers`` (module paths)
-    runs at its kernel's width. Same variable names as ``model``; built by :func:`shrink_any`."""
+    runs at its kernel's width. Same variable names as ``model``; built by :func:`shrink_any`.
+    ``init`` creates the full model's variables; the narrow ones come from :func:`shrink_any`."""
 
     model: nn.Module
     layers: tuple[str, ...]
@@ -168,7 +169,13 @@ def _slice_variables(
     for spec in specs:
         key = f"{spec.name}/kernel"
         if spec.name in producer_of:
-            rows = _input_channel_mask(params[key], spec.kind, producer_of[spec.name])
+            try:
+                rows = _input_channel_mask(params[key], spec.kind, producer_of[spec.name])
+            except ValueError as err:
+                raise ValueError(
+                    f"cannot slice the input channels of layer {spec.name!r}: {err} (its input "
+                    "joins its producer's channels with others)"
+                ) from err
             params[key] = params[key][..., rows, :] if spec.kind == "conv" else params[key][rows]
         if spec.name not in checked:
             continue
@@ -210,7 +217,7 @@ def _call_shapes(
         jax.eval_shape(run, variables, example_input)
     except FlaxError as err:
         raise ValueError(
-            "the shrunk model does not run on its sliced variables; the model's code probably "
+            "the model does not run on these variables; for a shrunk model, its code probably "
             f"depends on a layer width or has width-shaped variables of its own: {err}"
         ) from err
     missing = sorted(layers - set(shapes))
