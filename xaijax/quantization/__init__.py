@@ -11,6 +11,8 @@ qwix ops.
 * ``sensitivity``: per-layer, per-width sensitivities (DeepLIFT multipliers or Hessian traces times
   the quantization error).
 * ``allocation``: strategies and the exact multiple-choice knapsack solver.
+* ``joint``: one byte budget for pruning levels and bit widths together (choices, storage, the
+  exact solve, the uniform baseline, masks); ``joint_damage``: its DeepLIFT and Hessian damage.
 * ``qat``: post-training quantization and quantization-aware fine-tuning (``xaijax.training``).
 * ``export``: integer weights plus per-channel scales, saved with orbax, and the integer model.
 """
@@ -58,6 +60,25 @@ from xaijax.quantization.export import (
     unpack_bits,
 )
 from xaijax.quantization.intercept import InterceptQuantized, quantize_any
+from xaijax.quantization.joint import (
+    Choice,
+    InfeasibleBudgetError,
+    LayerGeometry,
+    choice_masks,
+    cost_table,
+    float_model_bytes,
+    layer_geometry,
+    size_bits,
+    solve_joint,
+    uniform_joint,
+)
+from xaijax.quantization.joint_damage import (
+    deeplift_damage,
+    filter_scores,
+    hessian_damage,
+    hessian_scores,
+    magnitude_scores,
+)
 from xaijax.quantization.qat import post_training_accuracy, quantization_aware_finetune
 from xaijax.quantization.sensitivity import (
     deeplift_sensitivity,
@@ -77,7 +98,10 @@ __all__ = [
     "SUPPORTED_BITS",
     "AqtBackend",
     "Budget",
+    "Choice",
+    "InfeasibleBudgetError",
     "InterceptQuantized",
+    "LayerGeometry",
     "QuantizationBackend",
     "QwixBackend",
     "ReferenceBackend",
@@ -88,20 +112,29 @@ __all__ = [
     "budget_in_bits",
     "channel_scales",
     "check_bits",
+    "choice_masks",
+    "cost_table",
+    "deeplift_damage",
     "deeplift_sensitivity",
     "dequantize",
     "directory_size",
     "export_integer_model",
     "fake_quantize",
     "fake_quantize_params",
+    "filter_scores",
+    "float_model_bytes",
     "get_backend",
     "get_strategy",
+    "hessian_damage",
+    "hessian_scores",
     "hessian_sensitivity",
     "hutchinson_traces",
     "integer_kernel",
+    "layer_geometry",
     "layer_importance",
     "layer_sizes",
     "load_integer_model",
+    "magnitude_scores",
     "model_size_bytes",
     "pack_bits",
     "post_training_accuracy",
@@ -113,6 +146,9 @@ __all__ = [
     "quantized_model",
     "register_strategy",
     "save_integer_model",
+    "size_bits",
+    "solve_joint",
     "solve_multiple_choice_knapsack",
+    "uniform_joint",
     "unpack_bits",
 ]

@@ -1,0 +1,459 @@
+"""Joint pruning and bit allocation experiment: one byte budget, pruning levels and widths chosen
+together per layer (``xaijax.quantization.joint``).
+
+Settings are the ``config.joint`` section (:func:`defaults`). For every byte budget (``budgets``:
+fractions of the float32 model's bytes, or bytes with ``budget_unit='bytes'``) and strategy
+
+* ``joint_deeplift``: DeepLIFT damage from weight scores (a filter's score: the sum over its
+  kernel slice), solved exactly;
+* ``joint_hessian``: Hessian-trace damage and saliency masks, solved exactly;
+* ``uniform``: one level and one width for every layer (the largest that fits), magnitude masks
+  (L1 per filter, ``|w|`` per weight),
+
+it builds the masks and widths, evaluates the masked fake-quantized model (``accuracy_before``),
+fine-tunes it with quantization-aware training under ``config.finetune`` (the quantize
+experiment's path: ``common.finetune`` on the quantized model, a cosine schedule at a tenth of
+the config's learning rate unless ``finetune_learning_rate``, the float model it starts from as
+distillation teacher) with the mask kept by ``xaijax.pruning.keep_pruned``, and evaluates again
+(``accuracy_after``). Each run records the measured bytes and the solver's bound (both within
+the budget), the predicted damage, and the level and width of every layer.
+
+Each allocation is a unit of work in ``workdir/allocations/<key>`` (``result.json`` and the
+fine-tuning checkpoints), tied to the fingerprint of what determines it: a rerun reuses or
+resumes it under the same inputs. ``results.json`` (atomic, after every run), ``results.csv``,
+``results.md`` and ``accuracy_vs_bytes_{before,after}.png`` are written in ``workdir``. The stage
+is not in the default ``config.compress.stages``; list it to run it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from xaijax import checkpoint, data, importance, provenance, pruning, report, training
+from xaijax.experiments import common, recipe, stage
+from xaijax.quantization import (
+    SUPPORTED_BITS,
+    get_backend,
+    hutchinson_traces,
+    joint,
+    joint_damage,
+    quantized_model,
+)
+
+STRATEGIES = ("joint_deeplift", "joint_hessian", "uniform")
+BUDGET_UNITS = ("fraction", "bytes")
+STARTING_POINT_FIELDS = ("variables",)
+SUMMARY_COLUMNS = ("strategy", "budget", "kib", "accuracy_before", "accuracy_after")
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every ``config.joint`` field and its default."""
+    return ml_collections.ConfigDict(
+        {
+            "variables": config_dict.placeholder(str),
+            "strategies": STRATEGIES,
+            "budgets": (0.04, 0.08),
+            "budget_unit": "fraction",
+            "levels": joint.DEFAULT_LEVELS,
+            "bit_choices": SUPPORTED_BITS,
+            "prune_classifier": False,
+            "backend": "aqt",
+            "finetune_epochs": 2,
+            "finetune_learning_rate": config_dict.placeholder(float),
+            "finetune_batch_size": 128,
+            "importance_examples": 1024,
+            "importance_batch_size": 256,
+            "importance_target": "label",
+            "importance_reference": "zeros",
+            "hessian_examples": 1024,
+            "hessian_samples": 16,
+            "seed": 0,
+        }
+    )
+
+
+def _integer_at_least(j: ml_collections.ConfigDict, field: str, low: int) -> None:
+    value = j[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"config.joint.{field} must be an integer >= {low}, got {value!r}")
+
+
+def validate(j: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError`` naming the first bad ``config.joint`` field (before any work)."""
+    if not j.strategies:
+        raise ValueError("config.joint.strategies is empty")
+    for name in j.strategies:
+        if name not in STRATEGIES:
+            raise ValueError(f"config.joint.strategies: unknown {name!r}; choose from {STRATEGIES}")
+    if j.budget_unit not in BUDGET_UNITS:
+        raise ValueError(f"config.joint.budget_unit must be one of {BUDGET_UNITS}")
+    if not j.budgets:
+        raise ValueError("config.joint.budgets is empty")
+    for budget in j.budgets:
+        ok = isinstance(budget, int | float) and not isinstance(budget, bool) and budget > 0
+        if not ok or (j.budget_unit == "fraction" and budget > 1):
+            limit = "in (0, 1]" if j.budget_unit == "fraction" else "> 0"
+            raise ValueError(f"config.joint.budgets must be numbers {limit}, got {budget!r}")
+    joint.check_levels(tuple(j.levels), "config.joint.levels")
+    if not j.bit_choices:
+        raise ValueError("config.joint.bit_choices is empty")
+    for bits in j.bit_choices:
+        if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+            raise ValueError(f"config.joint.bit_choices: {bits!r} is not one of {SUPPORTED_BITS}")
+    if not isinstance(j.prune_classifier, bool):
+        raise ValueError("config.joint.prune_classifier must be True or False")
+    for field, low in (("finetune_epochs", 0), ("seed", 0)):
+        _integer_at_least(j, field, low)
+    for field in (
+        "finetune_batch_size",
+        "importance_examples",
+        "importance_batch_size",
+        "hessian_examples",
+        "hessian_samples",
+    ):
+        _integer_at_least(j, field, 1)
+    if j.finetune_learning_rate is not None and not j.finetune_learning_rate > 0:
+        raise ValueError("config.joint.finetune_learning_rate must be > 0")
+    if j.importance_target not in importance.TARGETS:
+        raise ValueError(f"config.joint.importance_target must be one of {importance.TARGETS}")
+    if j.importance_reference not in importance.REFERENCES:
+        raise ValueError(
+            f"config.joint.importance_reference must be one of {importance.REFERENCES}"
+        )
+    try:
+        backend = get_backend(j.backend)
+        for kind in ("conv", "dense"):
+            for bits in j.bit_choices:
+                backend.layer_kwargs(kind, bits, None)
+    except ValueError as error:
+        raise ValueError(f"config.joint.backend={j.backend!r}: {error}") from error
+
+
+def learning_rate(config: ml_collections.ConfigDict, j: ml_collections.ConfigDict) -> float:
+    """``j.finetune_learning_rate``, default a tenth of the config's learning rate."""
+    return j.finetune_learning_rate or float(config.optimizer.learning_rate) / 10
+
+
+def scores(
+    j: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    train: data.Dataset,
+    geometry: Mapping[str, joint.LayerGeometry],
+) -> dict[str, Any]:
+    """The damage tables' inputs each listed strategy needs, and their wall time.
+
+    ``joint_deeplift``: DeepLIFT weight scores; ``joint_hessian``: Hutchinson traces of the
+    kernels' Hessian blocks (``uniform`` needs only the weights).
+    """
+    found: dict[str, Any] = {"seconds": {}}
+
+    def timed(name: str, fn: Any) -> Any:
+        started = time.perf_counter()
+        result = jax.device_get(fn())
+        found["seconds"][name] = time.perf_counter() - started
+        return result
+
+    def score(criterion: str, granularity: str) -> Any:
+        return importance.score(
+            criterion,
+            model,
+            variables,
+            train,
+            granularity=granularity,
+            batch_size=j.importance_batch_size,
+            num_examples=min(j.importance_examples, train.num_examples),
+            target=j.importance_target,
+            reference=j.importance_reference,
+            seed=j.seed,
+        )
+
+    if "joint_deeplift" in j.strategies:
+        found["deeplift"] = timed("deeplift", lambda: score("deeplift", "weight"))
+    if "joint_hessian" in j.strategies:
+        count = min(j.hessian_examples, train.num_examples)
+        images, labels = jnp.asarray(train.images[:count]), jnp.asarray(train.labels[:count])
+        others = {k: v for k, v in variables.items() if k != "params"}
+
+        def loss_fn(params: Any) -> jax.Array:
+            logits = model.apply({"params": params, **others}, images, train=False)
+            return jnp.mean(training.cross_entropy(logits, labels))
+
+        found["traces"] = timed(
+            "hessian",
+            lambda: hutchinson_traces(
+                loss_fn,
+                variables["params"],
+                list(geometry),
+                jax.random.key(j.seed),
+                j.hessian_samples,
+            ),
+        )
+    return found
+
+
+def plan(
+    strategy: str,
+    j: ml_collections.ConfigDict,
+    params: Mapping[str, Any],
+    geometry: Mapping[str, joint.LayerGeometry],
+    inputs: Mapping[str, Any],
+) -> tuple[joint.JointTable | None, Any, Any]:
+    """``(damage table or None for uniform, unit scores, weight scores)`` of ``strategy``."""
+    levels, widths = tuple(j.levels), tuple(j.bit_choices)
+    if strategy == "joint_deeplift":
+        weights = inputs["deeplift"]
+        damage = joint_damage.deeplift_damage(params, geometry, weights, levels, widths)
+        return damage, joint_damage.filter_scores(weights), weights
+    if strategy == "joint_hessian":
+        units, weights = joint_damage.hessian_scores(params, geometry, inputs["traces"])
+        damage = joint_damage.hessian_damage(params, geometry, inputs["traces"], levels, widths)
+        return damage, units, weights
+    return (None, *joint_damage.magnitude_scores(params, geometry))
+
+
+def allocation_key(strategy: str, allocation: Mapping[str, joint.Choice]) -> str:
+    """``<strategy>_<percent pruned>x<bits>_...`` in layer order."""
+    parts = (f"{round(100 * c.level)}x{c.bits}" for c in allocation.values())
+    return f"{strategy}_" + "_".join(parts)
+
+
+def run_one(
+    config: ml_collections.ConfigDict,
+    j: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    splits: data.Splits,
+    masked: Mapping[str, Any],
+    mask: Any,
+    bits: dict[str, int],
+    unit_dir: Path,
+    unit: provenance.Fingerprint,
+) -> dict[str, Any]:
+    """Evaluate, fine-tune (QAT with the mask kept) and evaluate one allocation in ``unit_dir``
+    (claimed for ``unit`` by the caller; a finished one is read back)."""
+    done = unit_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    timer = common.Timer()
+    qmodel = quantized_model(model, bits, backend=j.backend)
+    eval_batch = config.train.eval_batch_size
+    with timer.phase("evaluate_before"):
+        before = common.evaluate_test(qmodel, masked, splits, eval_batch)
+    with timer.phase("qat"):
+        tuned = common.finetune(
+            config,
+            qmodel,
+            splits,
+            masked,
+            workdir=unit_dir / "finetune",
+            unit=unit,
+            epochs=j.finetune_epochs,
+            learning_rate=learning_rate(config, j),
+            batch_size=j.finetune_batch_size,
+            schedule="cosine",
+            mask=mask,
+            teacher=(model, variables),
+        )
+        after = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+    leaked = jax.tree.map(
+        lambda p, m: float(np.max(np.abs(np.asarray(p) * (1 - np.asarray(m))), initial=0.0)),
+        tuned["params"],
+        mask,
+    )
+    result = {
+        "accuracy_before": before["accuracy"],
+        "loss_before": before["loss"],
+        "accuracy_after": after["accuracy"],
+        "loss_after": after["loss"],
+        "max_abs_masked_after": max(jax.tree.leaves(leaked), default=0.0),
+        "seconds": timer.seconds,
+    }
+    result = provenance.stamp(result, unit)
+    checkpoint.write_json_atomic(done, result)
+    return result
+
+
+def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
+    """``results.json`` (atomic) and, once there are runs, the table and the two figures."""
+    checkpoint.write_json_atomic(workdir / "results.json", results)
+    runs = results["runs"]
+    if not runs:
+        return
+    rows = [
+        {
+            "strategy": r["strategy"],
+            "budget": r["budget"],
+            "budget_kib": r["budget_bytes"] / 1024,
+            "kib": r["bytes"] / 1024,
+            "bound_kib": r["bytes_bound"] / 1024,
+            **{f"{n}": f"{c['level']:g}/{c['bits']}" for n, c in r["allocation"].items()},
+            "accuracy_before": r["accuracy_before"],
+            "accuracy_after": r["accuracy_after"],
+        }
+        for r in runs
+    ]
+    report.write_csv_atomic(workdir / "results.csv", rows)
+    float_row = results["float"]
+    header = (
+        f"Float model: accuracy {float_row['accuracy']:.4f}, {float_row['bytes'] / 1024:.1f} KiB."
+        " Layer cells: pruned fraction / bits.\n\n"
+    )
+    report.write_text_atomic(workdir / "results.md", header + report.markdown_table(rows))
+    for phase in ("before", "after"):
+        series = {}
+        for strategy in dict.fromkeys(r["strategy"] for r in runs):
+            mine = [r for r in runs if r["strategy"] == strategy]
+            series[strategy] = (
+                [r["bytes"] / 1024 for r in mine],
+                [r[f"accuracy_{phase}"] for r in mine],
+            )
+        report.line_plot(
+            workdir / f"accuracy_vs_bytes_{phase}.png",
+            series,
+            xlabel="model size (KiB: kept kernels at their widths, presence bits, float32 rest)",
+            ylabel=f"test accuracy ({phase} fine-tuning)",
+            title=f"Joint pruning + bits, {phase} fine-tuning; float {float_row['accuracy']:.4f}",
+        )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    variables: Mapping[str, Any] | None = None,
+    splits: data.Splits | None = None,
+) -> dict[str, Any]:
+    """Every strategy at every budget; returns the results (also in ``results.json``).
+
+    Starts from ``model`` / ``variables`` when given, else from ``config.joint.variables``,
+    else from the baseline trained in ``<workdir>/float``.
+    """
+    j = common.section(config, "joint", defaults(), validate)
+    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, variables = common.starting_point(
+        config, model, variables, saved=j.variables, trained_workdir=workdir / "float"
+    )
+    splits = splits if splits is not None else training.datasets_from_config(config)
+    specs = model.layer_specs()
+    params = variables["params"]
+    exclude = () if j.prune_classifier else pruning.default_exclude(specs)
+    geometry = joint.layer_geometry(specs, params, exclude=exclude)
+    costs = joint.cost_table(geometry, tuple(j.levels), tuple(j.bit_choices))
+    fixed = joint.fixed_bits(specs, params)
+    float_bytes = joint.float_model_bytes(params)
+    float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)
+    inputs = scores(j, model, variables, splits.train, geometry)
+    start = provenance.variables_digest(variables)
+    policy = common.resume_policy(config)
+    results: dict[str, Any] = {
+        "float": {**float_eval, "bytes": float_bytes},
+        "geometry": {name: g._asdict() for name, g in geometry.items()},
+        "fixed_bytes": fixed / 8,
+        "score_seconds": inputs["seconds"],
+        "runs": [],
+        "joint": j.to_dict(),
+        "finetune": finetune_recipe,
+    }
+    for budget in j.budgets:
+        budget_bytes = float(budget) * (float_bytes if j.budget_unit == "fraction" else 1.0)
+        capacity = joint.capacity_bits(budget_bytes, fixed)
+        for strategy in j.strategies:
+            damage, units, weights = plan(strategy, j, params, geometry, inputs)
+            if damage is None:
+                allocation = joint.uniform_joint(
+                    geometry, costs, capacity, tuple(j.levels), tuple(j.bit_choices)
+                )
+            else:
+                allocation = joint.solve_joint(costs, damage, capacity)
+            unit_masks, weight_masks = joint.choice_masks(
+                specs, geometry, allocation, units, weights
+            )
+            bits = {name: c.bits for name, c in allocation.items()}
+            size = joint.size_bits(specs, params, bits, unit_masks, weight_masks)
+            bound = fixed + joint.allocation_cost_bits(costs, allocation)
+            if not size["total"] <= bound <= 8 * budget_bytes:
+                raise RuntimeError(
+                    f"{strategy} at {budget_bytes:g} bytes: measured {size['total']} bits, bound "
+                    f"{bound} bits; both must be within the budget"
+                )
+            mask = pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks)
+            masked = pruning.mask_variables(specs, variables, unit_masks, weight_masks=weight_masks)
+            key = allocation_key(strategy, allocation)
+            unit = provenance.fingerprint(
+                unit="joint",
+                model=provenance.model_identity(model),
+                start=start,
+                data=config.data,
+                bits=bits,
+                mask=provenance.variables_digest(mask),
+                backend=j.backend,
+                finetune=common.finetune_settings(
+                    config,
+                    epochs=j.finetune_epochs,
+                    learning_rate=learning_rate(config, j),
+                    batch_size=j.finetune_batch_size,
+                    schedule="cosine",
+                ),
+            )
+            unit_dir = workdir / "allocations" / key
+            provenance.claim(unit_dir, unit, what=f"the allocation {key}", policy=policy)
+            outcome = run_one(
+                config, j, model, variables, splits, masked, mask, bits, unit_dir, unit
+            )
+            results["runs"].append(
+                {
+                    "strategy": strategy,
+                    "budget": float(budget),
+                    "budget_bytes": budget_bytes,
+                    "bytes": size["total"] / 8,
+                    "kib": size["total"] / 8192,
+                    "bytes_bound": bound / 8,
+                    "size_bits": size,
+                    "predicted_damage": None
+                    if damage is None
+                    else sum(damage[n][c] for n, c in allocation.items()),
+                    "allocation": {n: c._asdict() for n, c in allocation.items()},
+                    "nonzero_params": pruning.nonzero_count(masked["params"]),
+                    "key": key,
+                    **outcome,
+                }
+            )
+            write_outputs(workdir, results)
+            logging.info(
+                "joint %s at %.1f KiB: %.1f KiB, accuracy %.4f -> %.4f",
+                strategy,
+                budget_bytes / 1024,
+                size["total"] / 8192,
+                outcome["accuracy_before"],
+                outcome["accuracy_after"],
+            )
+    results["table"] = report.markdown_table(results["runs"], SUMMARY_COLUMNS)
+    write_outputs(workdir, results)
+    return results
+
+
+STAGE = stage.register(
+    stage.Stage(
+        "joint",
+        defaults,
+        validate,
+        run,
+        fingerprint=recipe.with_recipe(stage.section_fingerprint("joint", STARTING_POINT_FIELDS)),
+    )
+)

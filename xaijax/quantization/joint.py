@@ -1,0 +1,367 @@
+"""Joint pruning and bit allocation under one byte budget, solved exactly.
+
+Every layer ``l`` picks one :class:`Choice` ``(p_l, b_l)``: a pruning level ``p_l`` from a grid
+of fractions and a kernel width ``b_l`` from ``SUPPORTED_BITS``. Conv layers are pruned
+structurally (``p`` of their filters), Dense layers unstructured (``p`` of their kernel entries);
+the classifier (unless asked) and conv layers tied by residual additions are not pruned (level 0
+only). Removed counts follow ``xaijax.pruning`` exactly (``floor(p * n)``, at least one unit or
+weight kept), so :func:`choice_masks` realises the costed choice.
+
+Storage (bits; the float32 model stores 32 per parameter). With ``n_l`` kernel entries, ``u_l``
+output units, ``f_l`` float32 parameters per unit besides the kernel (bias, BatchNorm scale and
+offset) and ``k_l`` kept units:
+
+* kernel values: ``b_l`` per kept entry (packed integers, as ``model_size_bytes``);
+* index: a structurally pruned layer is stored physically narrower (``xaijax.pruning.shrink``),
+  so it needs none; an unstructured layer whose own mask drops an entry stores a 1-bit presence
+  mask per stored entry (as ``xaijax.pruning.storage_bits``);
+* ``32 * k_l * (1 + f_l)``: a float32 scale per kept output channel, and its bias and BatchNorm;
+* every other parameter at 32 bits (``fixed_bits``).
+
+The solver's per-layer cost :func:`choice_cost_bits` counts the kernel at full fan-in. Filters
+pruned in the producer also remove input channels of its consumers (their kernel entries and
+presence bits), which only lowers the stored size, so the measured :func:`size_bits` is at most
+``fixed_bits + sum_l cost_l(p_l, b_l)``: the bound is what the budget constrains, and both are
+within it. The two are equal when no pruned layer feeds another.
+
+:func:`solve_joint` minimises ``sum_l D_l(p_l, b_l)`` subject to ``fixed + sum_l cost_l <=
+budget`` with the exact multiple-choice knapsack of ``xaijax.quantization.allocation`` (damage
+tables: ``xaijax.quantization.joint_damage``); :func:`uniform_joint` is the baseline of one level
+and one width for every layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import numpy as np
+
+from xaijax import pruning
+from xaijax.models import LayerSpec
+from xaijax.quantization.allocation import solve_multiple_choice_knapsack
+from xaijax.quantization.numerics import SUPPORTED_BITS, check_bits
+
+Granularity = Literal["unit", "weight"]
+DEFAULT_LEVELS = (0.0, 0.25, 0.5, 0.75, 0.9)
+FLOAT_BITS = 32
+
+
+class InfeasibleBudgetError(ValueError):
+    """Even the cheapest choice of every layer does not fit the byte budget."""
+
+
+class Choice(NamedTuple):
+    """One layer's choice: the pruned fraction ``level`` and the kernel width ``bits``."""
+
+    level: float
+    bits: int
+
+
+class LayerGeometry(NamedTuple):
+    """What the cost of a layer's choice depends on.
+
+    ``granularity``: ``"unit"`` (filters pruned structurally), ``"weight"`` (kernel entries
+    pruned) or None (not pruned); ``units``: output channels; ``weights``: kernel entries;
+    ``floats_per_unit``: float32 parameters per output unit besides the kernel.
+    """
+
+    name: str
+    kind: str
+    granularity: Granularity | None
+    units: int
+    weights: int
+    floats_per_unit: int
+
+
+JointTable = dict[str, dict[Choice, float]]
+
+
+def _unit_leaves(params: Mapping[str, Any], spec: LayerSpec) -> list[np.ndarray]:
+    """The layer's non-kernel parameters and its BatchNorm's parameters."""
+    leaves = [np.asarray(v) for k, v in params[spec.name].items() if k != "kernel"]
+    if spec.bn is not None and spec.bn in params:
+        leaves += [np.asarray(leaf) for leaf in jax.tree.leaves(params[spec.bn])]
+    return leaves
+
+
+def layer_geometry(
+    specs: Sequence[LayerSpec],
+    params: Mapping[str, Any],
+    *,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, LayerGeometry]:
+    """Geometry of every layer of ``specs``; ``exclude`` (default: the classifier) is not pruned.
+
+    Conv layers are pruned by filters unless tied (residual groups keep one mask, so they are
+    left whole); Dense layers by single weights.
+    """
+    names = [spec.name for spec in specs]
+    exclude = pruning.default_exclude(specs) if exclude is None else tuple(exclude)
+    unknown = sorted(set(exclude) - set(names))
+    if unknown:
+        raise ValueError(f"exclude names unknown layers {unknown}; known layers: {names}")
+    geometry = {}
+    for spec in specs:
+        if spec.name not in params or "kernel" not in params[spec.name]:
+            raise ValueError(f"params has no kernel for layer {spec.name!r}")
+        shape = np.shape(params[spec.name]["kernel"])
+        units = int(shape[-1])
+        extra = _unit_leaves(params, spec)
+        if any(leaf.shape != (units,) for leaf in extra):
+            raise ValueError(
+                f"layer {spec.name!r}: bias / BatchNorm parameters must have shape ({units},), "
+                f"got {[leaf.shape for leaf in extra]}"
+            )
+        granularity: Granularity | None = None
+        if spec.name not in exclude:
+            if spec.kind == "dense":
+                granularity = "weight"
+            elif spec.tied_group is None:
+                granularity = "unit"
+        geometry[spec.name] = LayerGeometry(
+            spec.name, spec.kind, granularity, units, int(np.prod(shape)), len(extra)
+        )
+    return geometry
+
+
+def check_levels(levels: Sequence[float], what: str = "levels") -> tuple[float, ...]:
+    """``levels`` sorted, distinct, in ``[0, 1)`` and containing 0 (every layer may stay whole)."""
+    if not levels:
+        raise ValueError(f"{what} is empty")
+    checked = []
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, int | float | np.number):
+            raise ValueError(f"{what} must hold numbers in [0, 1), got {level!r}")
+        if not 0.0 <= float(level) < 1.0:
+            raise ValueError(f"{what} must hold numbers in [0, 1), got {level!r}")
+        checked.append(float(level))
+    if 0.0 not in checked:
+        raise ValueError(f"{what} must contain 0.0 (a layer left whole), got {tuple(levels)}")
+    return tuple(sorted(set(checked)))
+
+
+def removed_count(geometry: LayerGeometry, level: float) -> int:
+    """Units (structured) or weights (unstructured) removed at ``level``, as ``xaijax.pruning``
+    counts them: ``floor(level * n)``, never all."""
+    if geometry.granularity is None:
+        if level != 0.0:
+            raise ValueError(f"layer {geometry.name!r} is not pruned; its level must be 0")
+        return 0
+    size = geometry.units if geometry.granularity == "unit" else geometry.weights
+    return min(pruning.prune_count(level, size), size - 1)
+
+
+def choice_cost_bits(geometry: LayerGeometry, choice: Choice) -> int:
+    """Upper bound of the layer's stored bits at ``choice`` (module docstring): kept kernel
+    entries at full fan-in times ``bits``, presence bits when unstructured pruning drops an entry,
+    and ``32 * (1 + f)`` per kept unit."""
+    bits = check_bits(choice.bits, f"layer {geometry.name!r}")
+    removed = removed_count(geometry, choice.level)
+    kept_units, kept_weights, index = geometry.units, geometry.weights, 0
+    if geometry.granularity == "unit":
+        kept_units -= removed
+        kept_weights = kept_units * (geometry.weights // geometry.units)
+    elif geometry.granularity == "weight":
+        kept_weights -= removed
+        index = geometry.weights if removed else 0
+    return bits * kept_weights + index + FLOAT_BITS * kept_units * (1 + geometry.floats_per_unit)
+
+
+def fixed_bits(specs: Sequence[LayerSpec], params: Mapping[str, Any]) -> int:
+    """Bits of the parameters outside every layer and its BatchNorm (stored as float32)."""
+    owned = {spec.name for spec in specs} | {spec.bn for spec in specs if spec.bn is not None}
+    return FLOAT_BITS * sum(
+        int(np.size(leaf))
+        for name, tree in params.items()
+        if name not in owned
+        for leaf in jax.tree.leaves(tree)
+    )
+
+
+def float_model_bytes(params: Any) -> int:
+    """Bytes of the float32 model: 4 per parameter."""
+    return 4 * sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def layer_choices(
+    geometry: LayerGeometry, levels: Sequence[float], bit_choices: Sequence[int] = SUPPORTED_BITS
+) -> list[Choice]:
+    """Every ``(level, bits)`` the layer may take (level 0 only when it is not pruned)."""
+    widths = sorted({check_bits(b, "bit_choices") for b in bit_choices})
+    grid = check_levels(levels) if geometry.granularity is not None else (0.0,)
+    return [Choice(level, bits) for level in grid for bits in widths]
+
+
+def cost_table(
+    geometry: Mapping[str, LayerGeometry],
+    levels: Sequence[float],
+    bit_choices: Sequence[int] = SUPPORTED_BITS,
+) -> dict[str, dict[Choice, int]]:
+    """``{layer: {choice: bits}}`` over every layer's choices (:func:`choice_cost_bits`)."""
+    return {
+        name: {c: choice_cost_bits(g, c) for c in layer_choices(g, levels, bit_choices)}
+        for name, g in geometry.items()
+    }
+
+
+def capacity_bits(budget_bytes: float, fixed: int) -> int:
+    """Bits left to the layers by ``budget_bytes`` once the fixed parameters are stored."""
+    if not math.isfinite(budget_bytes) or budget_bytes <= 0:
+        raise ValueError(f"the byte budget must be a positive number, got {budget_bytes!r}")
+    capacity = math.floor(8 * budget_bytes + 1e-6) - fixed
+    if capacity < 0:
+        raise InfeasibleBudgetError(
+            f"a budget of {budget_bytes:g} bytes is below the {fixed / 8:g} bytes of the "
+            "parameters outside the layers"
+        )
+    return capacity
+
+
+def _check_feasible(costs: Mapping[str, Mapping[Choice, int]], capacity: int) -> None:
+    cheapest = sum(min(row.values()) for row in costs.values())
+    if cheapest > capacity:
+        raise InfeasibleBudgetError(
+            f"the cheapest choice of every layer needs {cheapest} bits ({cheapest / 8:g} bytes), "
+            f"more than the {capacity} bits ({capacity / 8:g} bytes) the budget leaves the layers"
+        )
+
+
+def solve_joint(
+    costs: Mapping[str, Mapping[Choice, int]], damage: JointTable, capacity: int
+) -> dict[str, Choice]:
+    """``argmin sum_l damage[l][c_l]`` s.t. ``sum_l costs[l][c_l] <= capacity`` (exact).
+
+    One row of the multiple-choice knapsack per layer, one option per choice (rows with fewer
+    choices repeat their last one). Raises :class:`InfeasibleBudgetError` when nothing fits.
+    """
+    if not costs:
+        raise ValueError("costs is empty: there is no layer to allocate")
+    for name, row in costs.items():
+        if not row:
+            raise ValueError(f"costs[{name!r}] has no choice")
+        missing = [c for c in row if c not in damage.get(name, {})]
+        if missing:
+            raise ValueError(f"damage[{name!r}] misses choices {missing}")
+    _check_feasible(costs, capacity)
+    names = list(costs)
+    width = max(len(row) for row in costs.values())
+    options = {name: list(costs[name]) for name in names}
+    padded = {name: opts + [opts[-1]] * (width - len(opts)) for name, opts in options.items()}
+    cost = np.array([[costs[n][c] for c in padded[n]] for n in names], dtype=np.int64)
+    value = np.array([[float(damage[n][c]) for c in padded[n]] for n in names])
+    picked = solve_multiple_choice_knapsack(cost, value, capacity)
+    return {name: padded[name][k] for name, k in zip(names, picked, strict=True)}
+
+
+def uniform_joint(
+    geometry: Mapping[str, LayerGeometry],
+    costs: Mapping[str, Mapping[Choice, int]],
+    capacity: int,
+    levels: Sequence[float],
+    bit_choices: Sequence[int] = SUPPORTED_BITS,
+) -> dict[str, Choice]:
+    """One level (for every pruned layer) and one width (for every layer): of the pairs that fit,
+    the one storing the most bits; ties go to the lower level, then the wider width."""
+    _check_feasible(costs, capacity)
+    fitting = []
+    for level in check_levels(levels):
+        for bits in sorted({check_bits(b, "bit_choices") for b in bit_choices}):
+            allocation = {
+                n: Choice(level if g.granularity else 0.0, bits) for n, g in geometry.items()
+            }
+            total = allocation_cost_bits(costs, allocation)
+            if total <= capacity:
+                fitting.append(((total, -level, bits), allocation))
+    if not fitting:
+        raise InfeasibleBudgetError(
+            f"no single (level, bits) pair for every layer fits {capacity} bits"
+        )
+    return max(fitting, key=lambda item: item[0])[1]
+
+
+def allocation_cost_bits(
+    costs: Mapping[str, Mapping[Choice, int]], allocation: Mapping[str, Choice]
+) -> int:
+    """``sum_l costs[l][allocation[l]]``: the solver's bound for the layers."""
+    return sum(int(costs[name][choice]) for name, choice in allocation.items())
+
+
+def choice_masks(
+    specs: Sequence[LayerSpec],
+    geometry: Mapping[str, LayerGeometry],
+    allocation: Mapping[str, Choice],
+    unit_scores: Mapping[str, Any] | None,
+    weight_scores: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, dict[str, np.ndarray]] | None]:
+    """Unit and weight keep-masks that realise ``allocation``: per layer, the lowest-scored
+    filters (structured layers, ``unit_scores``) or weights (``weight_scores``) at its level,
+    ties by index (``xaijax.pruning`` layer scope). None where no layer of that kind is pruned."""
+    missing = sorted(set(geometry) - set(allocation))
+    if missing:
+        raise ValueError(f"allocation misses layers {missing}")
+    structured = {n: c.level for n, c in allocation.items() if geometry[n].granularity == "unit"}
+    unstructured = {
+        n: c.level for n, c in allocation.items() if geometry[n].granularity == "weight"
+    }
+    units = weights = None
+    if any(structured.values()):
+        if unit_scores is None:
+            raise ValueError("pruning filters needs unit_scores")
+        scores = {
+            n: np.asarray(unit_scores[n]) if n in structured else np.ones(g.units)
+            for n, g in geometry.items()
+        }
+        units = pruning.unit_masks(
+            scores,
+            structured,
+            specs=specs,
+            exclude=tuple(n for n in geometry if n not in structured),
+        )
+    if any(unstructured.values()):
+        if weight_scores is None:
+            raise ValueError("pruning weights needs weight_scores")
+        weights = pruning.weight_masks(
+            {n: {"kernel": np.asarray(weight_scores[n]["kernel"])} for n in unstructured},
+            unstructured,
+        )
+    return units, weights
+
+
+def size_bits(
+    specs: Sequence[LayerSpec],
+    params: Mapping[str, Any],
+    bits_per_layer: Mapping[str, int],
+    unit_masks: Mapping[str, Any] | None = None,
+    weight_masks: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, int]:
+    """Measured storage of the masked, quantized model (module docstring), in bits per part.
+
+    Stored kernel entries are those no unit mask removes (of the layer or of its producers); kept
+    entries are those no mask removes. ``bits_per_layer`` covers the quantized layers; any other
+    kernel counts at 32 bits without scales.
+    """
+    structural = pruning.params_mask(specs, params, unit_masks)
+    full = pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks)
+    layers = {spec.name for spec in specs}
+    parts = {"kernels": 0, "index": 0, "scales": 0, "floats": 0}
+    for name, tree in structural.items():
+        for key, leaf in tree.items():
+            stored = int(np.count_nonzero(np.asarray(leaf)))
+            if not (key == "kernel" and name in layers):
+                parts["floats"] += FLOAT_BITS * stored
+                continue
+            kept = int(np.count_nonzero(np.asarray(full[name]["kernel"])))
+            if name not in bits_per_layer:
+                parts["kernels"] += FLOAT_BITS * kept
+                continue
+            parts["kernels"] += check_bits(bits_per_layer[name], f"layer {name!r}") * kept
+            parts["index"] += stored if kept < stored else 0
+            units = np.shape(leaf)[-1]
+            kept_units = units if unit_masks is None or name not in unit_masks else None
+            if kept_units is None:
+                kept_units = int(np.count_nonzero(np.asarray(unit_masks[name])))
+            parts["scales"] += FLOAT_BITS * kept_units
+    return {**parts, "total": sum(parts.values())}
