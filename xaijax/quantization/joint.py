@@ -359,9 +359,6 @@ def size_bits(
                 continue
             parts["kernels"] += check_bits(bits_per_layer[name], f"layer {name!r}") * kept
             parts["index"] += stored if kept < stored else 0
-            units = np.shape(leaf)[-1]
-            kept_units = units if unit_masks is None or name not in unit_masks else None
-            if kept_units is None:
-                kept_units = int(np.count_nonzero(np.asarray(unit_masks[name])))
-            parts["scales"] += FLOAT_BITS * kept_units
+            unit_mask = (unit_masks or {}).get(name, np.ones(np.shape(leaf)[-1], bool))
+            parts["scales"] += FLOAT_BITS * int(np.count_nonzero(np.asarray(unit_mask)))
     return {**parts, "total": sum(parts.values())}
