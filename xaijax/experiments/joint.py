@@ -151,37 +151,28 @@ def scores(
     model: nn.Module,
     variables: Mapping[str, Any],
     train: data.Dataset,
-    geometry: Mapping[str, joint.LayerGeometry],
+    names: list[str],
 ) -> dict[str, Any]:
-    """The damage tables' inputs each listed strategy needs, and their wall time.
-
-    ``joint_deeplift``: DeepLIFT weight scores; ``joint_hessian``: Hutchinson traces of the
-    kernels' Hessian blocks (``uniform`` needs only the weights).
-    """
+    """What the listed strategies' tables need, and its wall time: DeepLIFT weight scores
+    (``joint_deeplift``), Hutchinson traces of the kernels' Hessian blocks (``joint_hessian``)."""
     found: dict[str, Any] = {"seconds": {}}
-
-    def timed(name: str, fn: Any) -> Any:
-        started = time.perf_counter()
-        result = jax.device_get(fn())
-        found["seconds"][name] = time.perf_counter() - started
-        return result
-
-    def score(criterion: str, granularity: str) -> Any:
-        return importance.score(
-            criterion,
-            model,
-            variables,
-            train,
-            granularity=granularity,
-            batch_size=j.importance_batch_size,
-            num_examples=min(j.importance_examples, train.num_examples),
-            target=j.importance_target,
-            reference=j.importance_reference,
-            seed=j.seed,
-        )
-
+    started = time.perf_counter()
     if "joint_deeplift" in j.strategies:
-        found["deeplift"] = timed("deeplift", lambda: score("deeplift", "weight"))
+        found["deeplift"] = jax.device_get(
+            importance.score(
+                "deeplift",
+                model,
+                variables,
+                train,
+                granularity="weight",
+                batch_size=j.importance_batch_size,
+                num_examples=min(j.importance_examples, train.num_examples),
+                target=j.importance_target,
+                reference=j.importance_reference,
+                seed=j.seed,
+            )
+        )
+        found["seconds"]["deeplift"] = time.perf_counter() - started
     if "joint_hessian" in j.strategies:
         count = min(j.hessian_examples, train.num_examples)
         images, labels = jnp.asarray(train.images[:count]), jnp.asarray(train.labels[:count])
@@ -191,16 +182,12 @@ def scores(
             logits = model.apply({"params": params, **others}, images, train=False)
             return jnp.mean(training.cross_entropy(logits, labels))
 
-        found["traces"] = timed(
-            "hessian",
-            lambda: hutchinson_traces(
-                loss_fn,
-                variables["params"],
-                list(geometry),
-                jax.random.key(j.seed),
-                j.hessian_samples,
-            ),
+        started = time.perf_counter()
+        key = jax.random.key(j.seed)
+        found["traces"] = hutchinson_traces(
+            loss_fn, variables["params"], names, key, j.hessian_samples
         )
+        found["seconds"]["hessian"] = time.perf_counter() - started
     return found
 
 
@@ -228,6 +215,35 @@ def allocation_key(strategy: str, allocation: Mapping[str, joint.Choice]) -> str
     """``<strategy>_<percent pruned>x<bits>_...`` in layer order."""
     parts = (f"{round(100 * c.level)}x{c.bits}" for c in allocation.values())
     return f"{strategy}_" + "_".join(parts)
+
+
+def allocation_fingerprint(
+    config: ml_collections.ConfigDict,
+    j: ml_collections.ConfigDict,
+    model: nn.Module,
+    start_digest: str,
+    bits: dict[str, int],
+    mask: Any,
+) -> provenance.Fingerprint:
+    """What determines one allocation's evaluations and fine-tuning: the model, the digest of
+    its starting variables, the widths, the digest of the mask, the backend and the fine-tuning
+    settings."""
+    return provenance.fingerprint(
+        unit="joint",
+        model=provenance.model_identity(model),
+        start=start_digest,
+        data=config.data,
+        bits=bits,
+        mask=provenance.variables_digest(mask),
+        backend=j.backend,
+        finetune=common.finetune_settings(
+            config,
+            epochs=j.finetune_epochs,
+            learning_rate=learning_rate(config, j),
+            batch_size=j.finetune_batch_size,
+            schedule="cosine",
+        ),
+    )
 
 
 def run_one(
@@ -358,7 +374,7 @@ def run(
     fixed = joint.fixed_bits(specs, params)
     float_bytes = joint.float_model_bytes(params)
     float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)
-    inputs = scores(j, model, variables, splits.train, geometry)
+    inputs = scores(j, model, variables, splits.train, list(geometry))
     start = provenance.variables_digest(variables)
     policy = common.resume_policy(config)
     results: dict[str, Any] = {
@@ -370,11 +386,12 @@ def run(
         "joint": j.to_dict(),
         "finetune": finetune_recipe,
     }
+    plans = {strategy: plan(strategy, j, params, geometry, inputs) for strategy in j.strategies}
     for budget in j.budgets:
         budget_bytes = float(budget) * (float_bytes if j.budget_unit == "fraction" else 1.0)
         capacity = joint.capacity_bits(budget_bytes, fixed)
         for strategy in j.strategies:
-            damage, units, weights = plan(strategy, j, params, geometry, inputs)
+            damage, units, weights = plans[strategy]
             if damage is None:
                 allocation = joint.uniform_joint(
                     geometry, costs, capacity, tuple(j.levels), tuple(j.bit_choices)
@@ -395,22 +412,7 @@ def run(
             mask = pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks)
             masked = pruning.mask_variables(specs, variables, unit_masks, weight_masks=weight_masks)
             key = allocation_key(strategy, allocation)
-            unit = provenance.fingerprint(
-                unit="joint",
-                model=provenance.model_identity(model),
-                start=start,
-                data=config.data,
-                bits=bits,
-                mask=provenance.variables_digest(mask),
-                backend=j.backend,
-                finetune=common.finetune_settings(
-                    config,
-                    epochs=j.finetune_epochs,
-                    learning_rate=learning_rate(config, j),
-                    batch_size=j.finetune_batch_size,
-                    schedule="cosine",
-                ),
-            )
+            unit = allocation_fingerprint(config, j, model, start, bits, mask)
             unit_dir = workdir / "allocations" / key
             provenance.claim(unit_dir, unit, what=f"the allocation {key}", policy=policy)
             outcome = run_one(
