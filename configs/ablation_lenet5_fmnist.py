@@ -6,15 +6,15 @@ plus ``config.ablation.variants``: each changes one thing of the default DeepLIF
 compared, paired per seed, with the default and with the strongest baseline. In order of run:
 
 * ``deeplift_magnitude``: DeepLIFT combined with magnitude (geometric mean of the scores);
-* ``deeplift[sqrt_importance]``: weight sharing with k-means weights sqrt(DeepLIFT)
+* ``deeplift+sqrt_importance``: weight sharing with k-means weights sqrt(DeepLIFT)
   (``share.importance_exponent=0.5``);
-* ``deeplift[rerun]``: the default DeepLIFT pruning run again by the current code, a control:
+* ``deeplift+rerun``: the default DeepLIFT pruning run again by the current code, a control:
   its paired difference from the study's own DeepLIFT rows is the noise floor of comparing runs
   of different code versions (the study's rows come from an earlier commit);
-* ``deeplift[reference=mean]``, ``deeplift_shap`` (8 data samples as references, DeepSHAP),
-  ``deeplift[reference=blur]``: the reference (default: zeros, Fashion-MNIST's background);
-* ``deeplift[target=all]``, ``deeplift[target=predicted]``: the explained logit (default: label);
-* ``deeplift[global-normalize=mean]`` and ``deeplift[global-normalize=l2]``: one ranking over all
+* ``deeplift+reference=mean``, ``deeplift_shap`` (8 data samples as references, DeepSHAP),
+  ``deeplift+reference=blur``: the reference (default: zeros, Fashion-MNIST's background);
+* ``deeplift+target=all``, ``deeplift+target=predicted``: the explained logit (default: label);
+* ``deeplift+global+normalize=mean`` and ``deeplift+global+normalize=l2``: one ranking over all
   layers after per-layer normalisation, instead of the default per-layer sparsity.
 """
 
@@ -41,18 +41,18 @@ def get_config() -> ml_collections.ConfigDict:
     variants = ml_collections.ConfigDict(
         {
             "deeplift_magnitude": _prune(criterion="deeplift_magnitude"),
-            "deeplift[sqrt_importance]": {
+            "deeplift+sqrt_importance": {
                 "stage": "share",
                 "overrides": {"share": {"importance_exponent": 0.5}},
             },
-            "deeplift[rerun]": _prune(),
-            "deeplift[reference=mean]": _prune(reference="mean"),
+            "deeplift+rerun": _prune(),
+            "deeplift+reference=mean": _prune(reference="mean"),
             "deeplift_shap": _prune(criterion="deeplift_shap"),
-            "deeplift[target=all]": _prune(target="all"),
-            "deeplift[target=predicted]": _prune(target="predicted"),
-            "deeplift[reference=blur]": _prune(reference="blur"),
-            "deeplift[global-normalize=mean]": _prune(scope="global", normalize="mean"),
-            "deeplift[global-normalize=l2]": _prune(scope="global", normalize="l2"),
+            "deeplift+target=all": _prune(target="all"),
+            "deeplift+target=predicted": _prune(target="predicted"),
+            "deeplift+reference=blur": _prune(reference="blur"),
+            "deeplift+global+normalize=mean": _prune(scope="global", normalize="mean"),
+            "deeplift+global+normalize=l2": _prune(scope="global", normalize="l2"),
         },
         sort_keys=False,  # Run in the order written.
     )

@@ -360,7 +360,7 @@ def get_config():
             "deeplift_magnitude": {
                 "stage": "prune", "overrides": {"prune": {"criterion": "deeplift_magnitude"}}
             },
-            "deeplift[sqrt_importance]": {
+            "deeplift+sqrt_importance": {
                 "stage": "share", "overrides": {"share": {"importance_exponent": 0.5}}
             },
         }
@@ -405,7 +405,7 @@ def ablated(studied, config_file, tmp_path_factory):
 
 def test_variants_pair_with_the_study_on_its_baselines(ablated):
     study_dir, workdir, (rows, _), _ = ablated
-    names = {"deeplift_magnitude": "prune", "deeplift[sqrt_importance]": "share"}
+    names = {"deeplift_magnitude": "prune", "deeplift+sqrt_importance": "share"}
     assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in names for s in (0, 1)}
     for row in rows:
         assert row["stage"] == names[row["method"]]
@@ -461,9 +461,11 @@ def test_bad_variants_fail_before_any_work(config_file, tmp_path):
     from xaijax.study import ablation
 
     with pytest.raises(ValueError, match="stage must be one of"):
-        ablation.Variant("deeplift[x]", "quantize", {})
+        ablation.Variant("deeplift+x", "quantize", {})
+    with pytest.raises(ValueError, match="must match"):
+        ablation.Variant("deeplift[x]", "prune", {})
     config = load_config(config_file)
-    bad = ablation.Variant("deeplift[typo]", "prune", {"prune": {"refrence": "mean"}})
+    bad = ablation.Variant("deeplift+typo", "prune", {"prune": {"refrence": "mean"}})
     with pytest.raises(ValueError, match=r"config\.prune has unknown fields \['refrence'\]"):
         ablation.run(config, tmp_path / "study", tmp_path / "ablation", [bad], [0])
     assert not (tmp_path / "ablation").exists()

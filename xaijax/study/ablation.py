@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,8 @@ from xaijax.study.summary import (
     summarize,
 )
 
+#: Variant names (directory names): letters, digits and ``_ . = + -``.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_.=+-]+")
 #: Stages a variant may change, and the stages each one starts from.
 STARTS_FROM = {"prune": ("baseline",), "share": ("baseline", "prune")}
 
@@ -60,8 +63,11 @@ class Variant:
                 f"variant {self.name!r}: stage must be one of {tuple(STARTS_FROM)}, "
                 f"got {self.stage!r}"
             )
-        if not self.name or "/" in self.name:
-            raise ValueError(f"variant name must be non-empty without '/', got {self.name!r}")
+        if not VARIANT_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"variant name {self.name!r} must match {VARIANT_NAME.pattern} (it names a "
+                "directory: tensorstore misreads checkpoints under paths with brackets)"
+            )
         for section, fields in self.overrides.items():
             if not isinstance(fields, Mapping):
                 raise ValueError(
