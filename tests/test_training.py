@@ -372,3 +372,18 @@ def test_variables_and_json_round_trip(lenet, tmp_path):
         "c": [1, "/x"],
     }
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["r.json"]  # No temp file left.
+
+
+def test_checkpoint_paths_with_brackets_fail_before_writing(tmp_path):
+    """orbax writes under a bracketed path what it cannot read back: refused up front, named."""
+    from xaijax import checkpoint
+
+    bad = tmp_path / "run[1]" / "variables"
+    with pytest.raises(ValueError, match=r"contains a bracket"):
+        checkpoint.save_variables(bad, {"params": {"w": np.ones(2, np.float32)}})
+    with pytest.raises(ValueError, match=r"contains a bracket"):
+        checkpoint.checkpoint_manager(tmp_path / "run[1]" / "checkpoints")
+    assert not (tmp_path / "run[1]").exists()
+    good = tmp_path / "run+1=a" / "variables"
+    checkpoint.save_variables(good, {"params": {"w": np.arange(2, dtype=np.float32)}})
+    np.testing.assert_array_equal(checkpoint.load_variables(good)["params"]["w"], [0.0, 1.0])

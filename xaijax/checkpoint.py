@@ -27,12 +27,25 @@ from flax import serialization
 _STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
 
 
+def checked_path(path: str | os.PathLike) -> Path:
+    """``path`` made absolute; raises ``ValueError`` if it holds a bracket, under which orbax's
+    tensorstore writes a checkpoint it cannot read back (checked with orbax 0.12)."""
+    path = Path(path).absolute()
+    if "[" in str(path) or "]" in str(path):
+        raise ValueError(
+            f"checkpoint path {str(path)!r} contains a bracket: orbax cannot read back what it "
+            "writes there; rename the directory"
+        )
+    return path
+
+
 def checkpoint_manager(directory: str | os.PathLike, *, keep: int = 3) -> ocp.CheckpointManager:
     """An orbax manager for train states in ``directory`` keeping the ``keep`` latest steps."""
+    directory = checked_path(directory)
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(directory, options=options)
 
 
 def _state_tree(state: Any) -> dict[str, Any]:
@@ -76,9 +89,10 @@ def save_variables(path: str | os.PathLike, variables: Any) -> None:
     """Save a variables pytree (e.g. ``{'params': ..., 'batch_stats': ...}``) to ``path``,
     replacing what is there; blocks until written. Every process of a multi-process run must call
     it (orbax coordinates the write); arrays are fetched to the host first."""
+    path = checked_path(path)
     variables = jax.device_get(variables)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(Path(path).absolute(), variables, force=True)
+    checkpointer.save(path, variables, force=True)
     checkpointer.wait_until_finished()
     checkpointer.close()
 
