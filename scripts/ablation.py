@@ -12,9 +12,8 @@ finished stages; rerunning resumes. ``<workdir>/rows.jsonl`` holds the variants'
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import report, study
@@ -32,7 +31,7 @@ _STUDY_ROWS = flags.DEFINE_string("study_rows", None, "The study's rows.jsonl (d
 _OUTPUT = flags.DEFINE_string("output", None, "Tables file (default: beside the rows).")
 
 
-def write_tables(rows: list[dict], study_rows_path: Path, output: Path) -> None:
+def write_tables(rows: list[dict], study_rows_path: epath.Path, output: epath.Path) -> None:
     seeds = {row["seed"] for row in rows}
     study_rows = [row for row in study.read_rows(study_rows_path) if row["seed"] in seeds]
     text = ablation.tables(study_rows + rows, interval_method=_INTERVAL.value)
@@ -46,9 +45,9 @@ def main(argv: list[str]) -> None:
     if _TABLES_ONLY.value:
         if not (_ROWS.value and _STUDY_ROWS.value):
             raise app.UsageError("--tables_only needs --rows and --study_rows")
-        rows_path = Path(_ROWS.value)
-        output = Path(_OUTPUT.value or rows_path.with_name("ablation.md"))
-        write_tables(study.read_rows(rows_path), Path(_STUDY_ROWS.value), output)
+        rows_path = epath.Path(_ROWS.value)
+        output = epath.Path(_OUTPUT.value or rows_path.with_name("ablation.md"))
+        write_tables(study.read_rows(rows_path), epath.Path(_STUDY_ROWS.value), output)
         return
     from xaijax import logs, runtime
 
@@ -67,10 +66,10 @@ def main(argv: list[str]) -> None:
         seeds = [int(seed) for seed in _SEEDS.value]
     except ValueError as err:
         raise app.UsageError(f"--seeds must be integers: {err}") from None
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     rows = ablation.run(config, _STUDY_WORKDIR.value, workdir, variants, seeds)
-    study_rows = Path(_STUDY_ROWS.value or Path(_STUDY_WORKDIR.value) / study.ROWS_FILE)
-    write_tables(rows, study_rows, Path(_OUTPUT.value or workdir / "ablation.md"))
+    study_rows = epath.Path(_STUDY_ROWS.value or epath.Path(_STUDY_WORKDIR.value) / study.ROWS_FILE)
+    write_tables(rows, study_rows, epath.Path(_OUTPUT.value or workdir / "ablation.md"))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ interrupted stage continues from its checkpoints. The report is ``<workdir>/repo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, pipeline, report, runtime, sharding
@@ -27,7 +26,7 @@ def main(argv: list[str]) -> None:
     runtime.enable_compilation_cache()
     config = _CONFIG.value
     sharding.initialize_distributed(config)
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     results = pipeline.run(config, workdir)
     print(report.markdown_table(results["summary"]["stages"]), flush=True)
     print(f"report: {workdir / 'report.md'}", flush=True)

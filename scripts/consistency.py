@@ -15,10 +15,10 @@ and the figures (heatmaps side by side, agreement against non-zero parameters). 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import ml_collections
 from absl import app, flags
+from etils import epath
 
 from xaijax import study
 
@@ -41,8 +41,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from xaijax.experiments import consistency_study
 
-    study_dir = Path(_STUDY_WORKDIR.value)
-    output = Path(_OUTPUT.value) if _OUTPUT.value else study_dir / "consistency"
+    study_dir = epath.Path(_STUDY_WORKDIR.value)
+    output = epath.Path(_OUTPUT.value) if _OUTPUT.value else study_dir / "consistency"
     if _TABLES_ONLY.value:
         rows = study.read_rows(output / ROWS_FILE)
         path = consistency_study.write_report(output, rows, _CONFIDENCE.value)

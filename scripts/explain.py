@@ -10,10 +10,9 @@ the first ``--num_images`` test images against an all-zero reference
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import deeplift, runtime, training
@@ -32,13 +31,13 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     runtime.enable_compilation_cache()
-    config, workdir = _CONFIG.value, Path(_WORKDIR.value)
+    config, workdir = _CONFIG.value, epath.Path(_WORKDIR.value)
     variables = common.load_variables(workdir / "variables")
     model = training.model_from_config(config)
     test = training.datasets_from_config(config).test
     images, labels = test.images[: _NUM_IMAGES.value], test.labels[: _NUM_IMAGES.value]
     explained = explain.explain_images(model, variables, images, rule=_RULE.value)
-    output = Path(_OUTPUT.value) if _OUTPUT.value else workdir / "explanations.png"
+    output = epath.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "explanations.png"
     explain.heatmap_grid(output, images, labels, explained)
     for i, error in enumerate(explained["errors"]):
         print(

@@ -14,9 +14,9 @@ itself on the test set, and its sizes. ``xaijax.artifact.load(path)`` runs it, a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import artifact, logs, pipeline, report, runtime, training
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     logs.setup_logging()
     runtime.enable_compilation_cache()
     config = _CONFIG.value
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     results_file = workdir / "results.json"
     if not results_file.is_file():
         raise app.UsageError(f"{results_file} is missing: run scripts/compress.py to the end first")

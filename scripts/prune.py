@@ -8,9 +8,8 @@ See ``xaijax.experiments.prune`` for the settings (``config.prune``) and the out
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, runtime
@@ -25,7 +24,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
     runtime.enable_compilation_cache()
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     results = prune.run(_CONFIG.value, workdir)
     acc = results["accuracy"]
     print(

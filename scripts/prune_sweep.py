@@ -10,9 +10,8 @@ rows), plots in ``<workdir>/sweep_<granularity>_{sparsity,flops}.png``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, report, runtime
@@ -34,7 +33,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--sparsities must be numbers: {error}") from error
     logs.setup_logging()
     runtime.enable_compilation_cache()
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     rows = sweep.sweep(
         _CONFIG.value,
         workdir,

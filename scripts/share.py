@@ -6,9 +6,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, runtime
@@ -23,10 +22,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
     runtime.enable_compilation_cache()
-    results = share.run(_CONFIG.value, Path(_WORKDIR.value))
+    results = share.run(_CONFIG.value, epath.Path(_WORKDIR.value))
     print(f"dense test accuracy {results['accuracy_dense']:.4f}")
     print(results["table"], flush=True)
-    print(f"results in {Path(_WORKDIR.value) / 'results.json'}", flush=True)
+    print(f"results in {epath.Path(_WORKDIR.value) / 'results.json'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ raw rows; at the end ``<workdir>/study.md``, ``study.json`` (the numbers for fig
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, runtime, sharding, study
@@ -36,7 +35,7 @@ def main(argv: list[str]) -> None:
         seeds = [int(seed) for seed in _SEEDS.value]
     except ValueError as err:
         raise app.UsageError(f"--seeds must be integers: {err}") from None
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     rows = study.run(config, workdir, seeds)
     output = workdir / "study.md"
     study.write_report(rows, output, interval_method=_INTERVAL.value, confidence=_CONFIDENCE.value)

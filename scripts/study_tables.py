@@ -9,9 +9,8 @@ it. No JAX, no training: only ``xaijax.study`` over the rows.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 
 from xaijax import study
 
@@ -26,8 +25,8 @@ _CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence level of the in
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    rows_path = Path(_ROWS.value)
-    output = Path(_OUTPUT.value) if _OUTPUT.value else rows_path.parent / "study.md"
+    rows_path = epath.Path(_ROWS.value)
+    output = epath.Path(_OUTPUT.value) if _OUTPUT.value else rows_path.parent / "study.md"
     rows = study.read_rows(rows_path)
     study.write_report(rows, output, interval_method=_INTERVAL.value, confidence=_CONFIDENCE.value)
     print(f"report: {output}", flush=True)

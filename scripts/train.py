@@ -15,10 +15,10 @@ changed fields; see ``xaijax.provenance``). Writes
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, runtime
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
     runtime.enable_compilation_cache()
-    workdir = Path(_WORKDIR.value)
+    workdir = epath.Path(_WORKDIR.value)
     common.load_or_train(_CONFIG.value, workdir)
     if jax.process_index() != 0:
         return  # Process 0 wrote the results.

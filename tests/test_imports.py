@@ -20,6 +20,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "logs",
             "runtime",
             "checkpoint",
+            "paths",
             "provenance",
             "data",
             "report",

@@ -6,8 +6,11 @@
   into the structure of the state it is restored onto.
 * Stage outputs: :func:`save_variables` / :func:`load_variables` store a model's variables
   (``{'params': ..., 'batch_stats': ...}``) for later stages (prune, share, quantize).
-* :func:`write_json_atomic` writes results through a temporary file and ``os.replace``, so a
-  reader never sees a half-written file.
+* :func:`write_json_atomic` writes results atomically (:mod:`xaijax.paths`: locally a temporary
+  file and ``os.replace``; on an object store one upload), so a reader never sees a half-written
+  file.
+
+Paths may be local or object-store URLs (``gs://bucket/run``): orbax takes ``epath`` paths.
 """
 
 from __future__ import annotations
@@ -15,22 +18,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import serialization
+
+from xaijax import paths
 
 _STATE_FIELDS = ("step", "params", "batch_stats", "opt_state", "rng")
 
 
-def checked_path(path: str | os.PathLike) -> Path:
-    """``path`` made absolute; raises ``ValueError`` if it holds a bracket, under which orbax's
-    tensorstore writes a checkpoint it cannot read back (checked with orbax 0.12)."""
-    path = Path(path).absolute()
+def checked_path(path: str | os.PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path`` (a local one made absolute); raises ``ValueError`` if it holds
+    a bracket, under which orbax's tensorstore writes a checkpoint it cannot read back (checked
+    with orbax 0.12)."""
+    path = paths.as_path(path)
+    path = path.absolute() if paths.is_local(path) else path
     if "[" in str(path) or "]" in str(path):
         raise ValueError(
             f"checkpoint path {str(path)!r} contains a bracket: orbax cannot read back what it "
@@ -99,7 +105,8 @@ def save_variables(path: str | os.PathLike, variables: Any) -> None:
 
 def load_variables(path: str | os.PathLike) -> Any:
     """The variables pytree saved by :func:`save_variables`, as numpy arrays."""
-    path = Path(path).absolute()
+    path = paths.as_path(path)
+    path = path.absolute() if paths.is_local(path) else path
     if not path.is_dir():
         raise FileNotFoundError(f"no saved variables at {path}")
     checkpointer = ocp.StandardCheckpointer()
@@ -122,26 +129,16 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.generic | np.ndarray | jax.Array):
         return to_jsonable(np.asarray(obj).tolist())
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     if isinstance(obj, float) and not np.isfinite(obj):
         return str(obj)
     return obj
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temp file in the same directory,
-    fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``obj`` as indented JSON to ``path`` atomically (``paths.write_text_atomic``: locally a
+    temporary file in the same directory, fsync and ``os.replace``; on an object store one
+    upload)."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    paths.write_text_atomic(path, text)

@@ -40,10 +40,10 @@ import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from xaijax import (
     artifact,
@@ -108,10 +108,10 @@ def validate(section: ml_collections.ConfigDict) -> None:
 
 
 def run_stage(
-    workdir: Path,
+    workdir: epath.Path,
     name: str,
     fp: provenance.Fingerprint,
-    compute: Callable[[Path], dict[str, Any]],
+    compute: Callable[[epath.Path], dict[str, Any]],
     *,
     policy: str,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -161,18 +161,18 @@ def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return section
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict[str, Any]:
     """The whole pipeline (see the module docstring); returns the report's results."""
     section = check_config(config)  # Every bad field fails here, before any work.
     enabled = [experiments.get_stage(name) for name in section.stages]
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     splits = training.datasets_from_config(config)
     model = training.model_from_config(config)
     input_shape = splits.train.images.shape[1:]
     eval_batch = config.train.eval_batch_size
 
-    def baseline(stage_dir: Path) -> dict[str, Any]:
+    def baseline(stage_dir: epath.Path) -> dict[str, Any]:
         variables = common.load_or_train(config, stage_dir)
         test = common.evaluate_test(model, variables, splits, eval_batch)
         costs = models.layer_costs(model, variables, input_shape)
@@ -187,7 +187,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     policy = common.resume_policy(config)
     stages: dict[str, dict[str, Any]] = {}
 
-    def stage(path: str, fp: provenance.Fingerprint, compute: Callable[[Path], dict]) -> dict:
+    def stage(path: str, fp: provenance.Fingerprint, compute: Callable[[epath.Path], dict]) -> dict:
         results, stages[path] = run_stage(workdir, path, fp, compute, policy=policy)
         return results
 
@@ -195,7 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any
     results["baseline"] = stage("baseline", common.baseline_fingerprint(config), baseline)
     variables = common.load_variables(workdir / "baseline" / "variables")
 
-    def explain(stage_dir: Path) -> dict[str, Any]:
+    def explain(stage_dir: epath.Path) -> dict[str, Any]:
         return explain_experiment.run(
             model,
             variables,
@@ -407,7 +407,7 @@ def provenance_rows(stages: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
 
 
 def write_report(
-    workdir: Path, results: Mapping[str, Any], section: ml_collections.ConfigDict
+    workdir: epath.Path, results: Mapping[str, Any], section: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """``report.md`` and its figures in ``workdir``; returns the summary tables."""
     stages = stage_rows(results, section.carry)

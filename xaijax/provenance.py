@@ -21,15 +21,15 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
-import shutil
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import jax
 import numpy as np
 
+from xaijax import paths
 from xaijax._version import __version__
 from xaijax.checkpoint import write_json_atomic
 
@@ -53,8 +53,8 @@ def _canonical(value: Any) -> Any:
         return [_canonical(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"cannot fingerprint a value of type {type(value).__name__}: {value!r}")
@@ -147,9 +147,10 @@ def check_policy(policy: str) -> Policy:
     return policy  # type: ignore[return-value]
 
 
-def recorded_inputs(directory: str | Path) -> dict[str, Any] | None:
-    """The inputs recorded in ``directory`` by :func:`claim`, or None."""
-    path = Path(directory) / FINGERPRINT_FILE
+def recorded_inputs(directory: paths.PathLike) -> dict[str, Any] | None:
+    """The inputs recorded in ``directory`` (local or an object-store URL) by :func:`claim`, or
+    None."""
+    path = paths.as_path(directory) / FINGERPRINT_FILE
     if not path.exists():
         return None
     try:
@@ -176,14 +177,14 @@ def reconcile(old: Mapping[str, Any] | None, fp: Fingerprint, *, what: str, poli
     return Claim("recomputed", tuple(changed_fields(old, fp.inputs)))
 
 
-def claim(directory: str | Path, fp: Fingerprint, *, what: str, policy: str) -> Claim:
+def claim(directory: paths.PathLike, fp: Fingerprint, *, what: str, policy: str) -> Claim:
     """Make ``directory`` hold the work of ``fp``.
 
     Same recorded fingerprint: nothing changes (partial state resumes, finished state is reused).
     Otherwise (other inputs, or files without a record) the directory is emptied, or
     :class:`StaleResultError` raised under ``"strict"``; then ``fp`` is recorded in it.
     """
-    directory = Path(directory)
+    directory = paths.as_path(directory)
     old = recorded_inputs(directory)
     has_files = directory.is_dir() and any(directory.iterdir())
     if old is None and has_files:
@@ -194,10 +195,7 @@ def claim(directory: str | Path, fp: Fingerprint, *, what: str, policy: str) -> 
     if jax.process_index() == 0:
         if has_files:
             for child in directory.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+                paths.remove(child)
         write_json_atomic(
             directory / FINGERPRINT_FILE, {"digest": fp.digest, "inputs": dict(fp.inputs)}
         )

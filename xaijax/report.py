@@ -1,7 +1,8 @@
 """Result tables and figures: CSV, Markdown tables and matplotlib (Agg) plots, written atomically.
 
-Every writer renders to a temporary file in the destination folder and moves it into place with
-``os.replace``, so an interrupted run never leaves a half-written artifact behind.
+Every writer renders in memory and writes through :func:`xaijax.paths.write_bytes_atomic` (locally a
+temporary file in the destination folder moved into place with ``os.replace``; on an object store
+one upload), so an interrupted run never leaves a half-written artifact behind.
 """
 
 from __future__ import annotations
@@ -10,32 +11,23 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from xaijax import paths
+
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_text_atomic(path: str | os.PathLike, text: str) -> epath.Path:
+    """Write ``text`` to ``path`` atomically (:func:`xaijax.paths.write_text_atomic`)."""
+    return paths.write_text_atomic(path, text)
 
 
 def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
@@ -49,7 +41,7 @@ def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -
 
 def write_csv_atomic(
     path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
-) -> Path:
+) -> epath.Path:
     """Write ``rows`` (one dict per row) as CSV; columns default to the union of the row keys."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_columns(rows, columns), extrasaction="ignore")
@@ -81,18 +73,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(fig: plt.Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+def _save_figure(fig: plt.Figure, path: str | os.PathLike) -> epath.Path:
+    """Render ``fig`` in the format of ``path``'s suffix and write it atomically; closes ``fig``."""
+    path = paths.as_path(path)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buffer, format=path.suffix.lstrip(".") or None, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return paths.write_bytes_atomic(path, buffer.getvalue())
 
 
 def line_plot(
@@ -103,7 +92,7 @@ def line_plot(
     ylabel: str,
     title: str = "",
     log_x: bool = False,
-) -> Path:
+) -> epath.Path:
     """One line with markers per named series ``name -> (xs, ys)``; points sorted by x."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
@@ -125,7 +114,7 @@ def grouped_bar_plot(
     *,
     ylabel: str,
     title: str = "",
-) -> Path:
+) -> epath.Path:
     """Bars per category (x axis: the inner keys, in first-seen order), one colour per group."""
     categories = list(dict.fromkeys(key for values in groups.values() for key in values))
     width = 0.8 / max(len(groups), 1)
@@ -149,7 +138,7 @@ def image_grid(
     titles: Iterable[Sequence[str]] | None = None,
     cmaps: Sequence[str] | None = None,
     symmetric_rows: Sequence[bool] | None = None,
-) -> Path:
+) -> epath.Path:
     """A grid of images: ``rows[i][j]`` is a 2-D array (or HxWx3). ``cmaps[i]`` colours row ``i``;
     ``symmetric_rows[i]`` centres its colour scale on zero (for signed attributions)."""
     rows = [list(row) for row in rows]

@@ -19,14 +19,15 @@ be exported with :func:`xaijax.artifact.encode_shared`.
 from __future__ import annotations
 
 import functools
+import pathlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
+from etils import epath
 
-from xaijax import data, experiments, report, training
+from xaijax import data, experiments, paths, report, training
 from xaijax.artifact.encoding import Encoded, encode_float, encode_integer
 from xaijax.artifact.writer import disk_bytes, write
 from xaijax.experiments import common
@@ -72,13 +73,13 @@ def choose_source(
 
 
 def encode_source(
-    source: Mapping[str, Any], workdir: str | Path, variables: Mapping[str, Any]
+    source: Mapping[str, Any], workdir: epath.PathLike, variables: Mapping[str, Any]
 ) -> Encoded:
     """The packed weights of ``source``: the quantize stage's integer export, else ``variables``
     (the carried float model) as they are."""
     if source["stage"] != "quantize":
         return encode_float(variables)
-    path = Path(workdir) / "quantize" / "allocations" / source["allocation"] / "export"
+    path = epath.Path(workdir) / "quantize" / "allocations" / source["allocation"] / "export"
     if not path.is_dir():
         raise ValueError(
             f"the integer export of allocation {source['allocation']} is missing: {path}"
@@ -87,11 +88,11 @@ def encode_source(
 
 
 def carried_model(
-    config: ml_collections.ConfigDict, workdir: str | Path, stages: Sequence[str], carry: str
+    config: ml_collections.ConfigDict, workdir: epath.PathLike, stages: Sequence[str], carry: str
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model and variables a finished pipeline carried to its last stage: the baseline,
     then each stage's ``load_result`` (pruning's shrunk model of criterion ``carry``)."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     model = training.model_from_config(config)
     variables = common.load_variables(workdir / "baseline" / "variables")
     for name in stages:
@@ -102,8 +103,16 @@ def carried_model(
     return model, variables
 
 
+def _relative_name(path: epath.Path, root: epath.Path) -> str:
+    """``path`` relative to ``root`` when inside it (local paths with links resolved), else
+    ``path`` (absolute when local)."""
+    if paths.is_local(path) and paths.is_local(root):
+        path, root = pathlib.Path(path).resolve(), pathlib.Path(root).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def export_final(
-    workdir: str | Path,
+    workdir: epath.PathLike,
     results: Mapping[str, Any],
     *,
     carry: str,
@@ -113,15 +122,15 @@ def export_final(
     batch_size: int = 256,
     strategy: str | None = None,
     budget: float | None = None,
-    out: str | Path | None = None,
+    out: epath.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write the artifact of the pipeline in ``workdir`` (default ``<workdir>/artifact``) from
     its ``results`` and carried ``model`` / ``variables``; returns its summary: the source, the
     accuracy the artifact measured on ``test``, the computed size and the sizes on disk."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     source = choose_source(results, carry, strategy=strategy, budget=budget)
     encoded = encode_source(source, workdir, variables)
-    out = workdir / "artifact" if out is None else Path(out)
+    out = workdir / "artifact" if out is None else epath.Path(out)
     manifest = write(
         out,
         functools.partial(model.apply, train=False),
@@ -131,11 +140,8 @@ def export_final(
         batch_size=batch_size,
         metadata={"model": results.get("model"), "dataset": results.get("dataset"), **source},
     )
-    path = out.resolve()
     return {
-        "path": str(path.relative_to(workdir.resolve()))
-        if path.is_relative_to(workdir.resolve())
-        else str(path),
+        "path": _relative_name(out, workdir),
         "encoding": encoded.kind,
         "source": source,
         "accuracy": manifest["accuracy"],

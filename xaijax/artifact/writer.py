@@ -3,8 +3,12 @@
 ``write(path, apply_fn, encoded, input_shape=...)`` exports
 ``program(weights, images) = apply_fn(encoded.decode(weights), images)`` through ``jax.export``
 with a symbolic batch dimension, measures its test accuracy with the exported program itself when
-test data are given, and writes the directory described in :mod:`xaijax.artifact.loader`
-atomically (a temporary sibling renamed into place). The weights file is written byte for byte
+test data are given, and writes the directory described in :mod:`xaijax.artifact.loader`. On a
+local disk the write is atomic (a temporary sibling renamed into place). On an object store
+(``gs://``) a directory cannot be renamed atomically: the files are built in a local temporary
+directory, an earlier artifact there is deleted, and the files are uploaded with the manifest last,
+so a directory without a manifest is an unfinished write (and a reader during the upload may find
+no artifact). The weights file is written byte for byte
 the same for the same arrays (fixed zip timestamps), so its checksum is reproducible.
 """
 
@@ -13,18 +17,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import pathlib
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax import export
 
+from xaijax import paths
 from xaijax.artifact.encoding import Encoded
 from xaijax.artifact.loader import (
     FORMAT,
@@ -95,11 +101,19 @@ def _accuracy(
     return hits / labels.shape[0]
 
 
-def _replace_dir(source: Path, target: Path) -> None:
+def _check_replaceable(target: epath.Path) -> bool:
+    """Whether ``target`` holds an artifact to replace (False: nothing or an empty folder);
+    raises :class:`ArtifactError` if it holds anything else."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return False
+    if not (target / MANIFEST).exists():
+        raise ArtifactError(f"{target} exists and is not an artifact: refusing to replace it")
+    return True
+
+
+def _replace_dir(source: pathlib.Path, target: epath.Path) -> None:
     """Move directory ``source`` to ``target``, replacing an earlier artifact (or empty folder)."""
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        if not (target / MANIFEST).exists():
-            raise ArtifactError(f"{target} exists and is not an artifact: refusing to replace it")
+    if _check_replaceable(target):
         old = target.with_name(f".{target.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(target, old)
@@ -109,6 +123,14 @@ def _replace_dir(source: Path, target: Path) -> None:
     if target.exists():
         target.rmdir()
     os.replace(source, target)
+
+
+def _upload_dir(source: pathlib.Path, target: epath.Path) -> None:
+    """Copy the local directory ``source`` to the object-store ``target``, replacing an earlier
+    artifact: not atomic (see the module doc); the manifest is uploaded last."""
+    _check_replaceable(target)
+    paths.remove(target)
+    paths.copy_tree(source, target, last=(MANIFEST,))
 
 
 def write(
@@ -150,9 +172,11 @@ def write(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     accuracy = None if test is None else _accuracy(program, encoded.arrays, test, batch_size)
-    target = Path(path)
+    target = paths.as_path(path)
+    local = paths.is_local(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
+    staging_parent = target.parent if local else None  # Object stores: built locally, uploaded.
+    staging = pathlib.Path(tempfile.mkdtemp(dir=staging_parent, prefix=f".{target.name}.tmp"))
     try:
         (staging / PROGRAM).write_bytes(program.serialize())
         write_npz(staging / WEIGHTS, encoded.arrays)
@@ -186,7 +210,11 @@ def write(
             "source": dict(metadata or {}),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
-        _replace_dir(staging, target)
+        if local:
+            _replace_dir(staging, target)
+        else:
+            _upload_dir(staging, target)
+            shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -195,5 +223,5 @@ def write(
 
 def disk_bytes(path: str | os.PathLike) -> int:
     """Bytes of the artifact's files (program, weights and manifest)."""
-    root = Path(path)
-    return sum((root / name).stat().st_size for name in (PROGRAM, WEIGHTS, MANIFEST))
+    root = paths.as_path(path)
+    return sum(paths.size(root / name) for name in (PROGRAM, WEIGHTS, MANIFEST))

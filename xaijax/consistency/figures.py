@@ -4,23 +4,23 @@ against model size per method (written atomically by ``xaijax.report``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from xaijax import report
 from xaijax.consistency import metrics
 
 
 def side_by_side(
-    path: str | Path,
+    path: epath.PathLike,
     images: np.ndarray,
     labels: Sequence[int],
     maps: Mapping[str, np.ndarray],
     *,
     reference: str,
-) -> Path:
+) -> epath.Path:
     """One column per image: the image (top), then one row of heatmaps per model of ``maps``
     (``name -> [n, H, W]``, red raises the true label's logit, blue lowers it); every row but
     ``reference``'s is titled with its Spearman correlation to ``reference``'s map."""
@@ -51,12 +51,12 @@ def side_by_side(
 
 
 def agreement_vs_size(
-    path: str | Path,
+    path: epath.PathLike,
     points: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
     measure: str,
     title: str = "",
-) -> Path:
+) -> epath.Path:
     """``measure`` (y) against non-zero parameters (x, log scale), one series per method
     (``method -> (params, values)``, e.g. one point per seed)."""
     return report.line_plot(

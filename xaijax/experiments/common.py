@@ -20,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from xaijax import checkpoint, config_utils, data, provenance, pruning, training
 from xaijax.experiments import recipe
@@ -79,13 +79,13 @@ def baseline_fingerprint(config: ml_collections.ConfigDict) -> provenance.Finger
     )
 
 
-def load_or_train(config: ml_collections.ConfigDict, trained_workdir: str | Path) -> dict:
+def load_or_train(config: ml_collections.ConfigDict, trained_workdir: epath.PathLike) -> dict:
     """The variables trained by ``config`` in ``trained_workdir/variables``; trains them there
     first (resumably, with ``training.train_and_evaluate``) when absent. The directory is tied to
     :func:`baseline_fingerprint`: trained under other fields, it is retrained (or, with
     ``config.resume='strict'``, refused)."""
     config_utils.validate_config(config)  # Before the workdir is touched.
-    trained_workdir = Path(trained_workdir)
+    trained_workdir = epath.Path(trained_workdir)
     provenance.claim(
         trained_workdir,
         baseline_fingerprint(config),
@@ -107,8 +107,8 @@ def starting_point(
     model: nn.Module | None,
     variables: Variables | None,
     *,
-    saved: str | Path | None,
-    trained_workdir: str | Path,
+    saved: epath.PathLike | None,
+    trained_workdir: epath.PathLike,
 ) -> tuple[nn.Module, Variables]:
     """What an experiment starts from: ``model`` (default: the config's) and ``variables``, else
     the variables saved at ``saved``, else the baseline in ``trained_workdir`` (trained if absent).
@@ -123,7 +123,7 @@ def starting_point(
 def start_digest(
     config: ml_collections.ConfigDict,
     variables: Variables | None,
-    saved: str | Path | None = None,
+    saved: epath.PathLike | None = None,
 ) -> str:
     """The identity of an experiment's starting point (as :func:`starting_point` picks it):
     the digest of ``variables`` or of the variables at ``saved``, else that of the baseline's
@@ -135,7 +135,7 @@ def start_digest(
     return f"baseline:{baseline_fingerprint(config).digest}"
 
 
-def load_variables(path: str | Path) -> dict:
+def load_variables(path: epath.PathLike) -> dict:
     """Variables saved with ``checkpoint.save_variables``, as host numpy arrays."""
     return jax.tree.map(np.asarray, checkpoint.load_variables(path))
 
@@ -198,7 +198,7 @@ def finetune(
     splits: data.Splits,
     variables: Variables,
     *,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     unit: provenance.Fingerprint,
     epochs: int,
     learning_rate: float,

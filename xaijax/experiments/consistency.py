@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 
 from xaijax import consistency, data, models, report
 from xaijax.experiments import prune
@@ -89,11 +89,11 @@ def compare_to_dense(
     return rows, maps
 
 
-def pruned_models(model: nn.Module, workdir: str | Path, criteria: Sequence[str]) -> dict:
+def pruned_models(model: nn.Module, workdir: epath.PathLike, criteria: Sequence[str]) -> dict:
     """``criterion -> (model, variables)`` of the finished runs in ``workdir/prune/<criterion>``."""
     found = {}
     for criterion in criteria:
-        run_dir = Path(workdir) / "prune" / criterion
+        run_dir = epath.Path(workdir) / "prune" / criterion
         if not (run_dir / "results.json").exists():
             raise ValueError(f"no finished pruning run for criterion {criterion!r} in {run_dir}")
         pruned, variables = prune.load_result(model, run_dir)
@@ -105,7 +105,7 @@ def pruned_models(model: nn.Module, workdir: str | Path, criteria: Sequence[str]
 
 
 def pipeline_step(
-    workdir: str | Path,
+    workdir: epath.PathLike,
     dense: Model,
     criteria: Sequence[str],
     test: data.Dataset,
@@ -117,7 +117,7 @@ def pipeline_step(
     """Dense vs each criterion's pruned model on the first ``num_examples`` test images, and
     the heatmaps of the first ``num_images`` side by side (``workdir/consistency_heatmaps.png``)."""
     started = time.perf_counter()
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     candidates = pruned_models(dense[0], workdir, criteria)
     rows, maps = compare_to_dense(
         dense, candidates, test, num_examples=num_examples, batch_size=batch_size

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from xaijax import consistency, report, statistics, training
 from xaijax.experiments import common
@@ -51,8 +51,8 @@ def yardstick_pairs(seeds: Sequence[int]) -> dict[int, int]:
     return pairs
 
 
-def _seed_run(study_dir: Path, seed: int) -> tuple[Path, dict[str, Any]]:
-    run_dir = Path(study_dir) / f"seed_{seed}"
+def _seed_run(study_dir: epath.Path, seed: int) -> tuple[epath.Path, dict[str, Any]]:
+    run_dir = epath.Path(study_dir) / f"seed_{seed}"
     results_file = run_dir / "results.json"
     if not results_file.exists():
         raise ValueError(f"seed {seed} has no finished pipeline run ({results_file} is missing)")
@@ -60,7 +60,7 @@ def _seed_run(study_dir: Path, seed: int) -> tuple[Path, dict[str, Any]]:
 
 
 def study_rows(
-    study_dir: str | Path,
+    study_dir: epath.PathLike,
     seeds: Iterable[int],
     config_of: Callable[[int], ml_collections.ConfigDict],
     *,
@@ -68,7 +68,7 @@ def study_rows(
     batch_size: int = 256,
     fraction: float = consistency.DEFAULT_FRACTION,
     rule: str = "rescale",
-    figure_dir: str | Path | None = None,
+    figure_dir: epath.PathLike | None = None,
     num_images: int = 6,
 ) -> list[dict[str, Any]]:
     """The rows of every seed (see the module docstring); ``config_of(seed)`` is the config the
@@ -113,7 +113,7 @@ def study_rows(
         if seeds[0] in partners:
             shown[YARDSTICK] = dense[partners[seeds[0]]][0][:num_images]
         consistency.side_by_side(
-            Path(figure_dir) / HEATMAP_FIGURE,
+            epath.Path(figure_dir) / HEATMAP_FIGURE,
             first["images"],
             first["labels"],
             shown,
@@ -283,12 +283,12 @@ def size_points(
 
 
 def write_report(
-    output_dir: str | Path, rows: Sequence[Mapping[str, Any]], confidence: float = 0.95
-) -> Path:
+    output_dir: epath.PathLike, rows: Sequence[Mapping[str, Any]], confidence: float = 0.95
+) -> epath.Path:
     """``output_dir/consistency.md``: :func:`tables`, then the figures (agreement against
     non-zero parameters per measure, drawn here; the heatmaps when :func:`study_rows` drew
     them there)."""
-    output_dir = Path(output_dir)
+    output_dir = epath.Path(output_dir)
     fraction = rows[0]["top_fraction"] if rows else consistency.DEFAULT_FRACTION
     lines = [tables(rows, confidence), "## Figures", ""]
     for measure in MEASURES:

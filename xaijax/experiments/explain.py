@@ -9,13 +9,13 @@ shows, per criterion, each layer's share of the summed mean unit importance.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from xaijax import data, deeplift, importance, report
 
@@ -51,8 +51,11 @@ def explain_images(
 
 
 def heatmap_grid(
-    path: str | Path, images: np.ndarray, labels: np.ndarray, explained: Mapping[str, np.ndarray]
-) -> Path:
+    path: epath.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    explained: Mapping[str, np.ndarray],
+) -> epath.Path:
     """Images (top) over their channel-summed contributions (bottom), with titles."""
     images = np.asarray(images)
     shown = images[..., 0] if images.shape[-1] == 1 else images
@@ -100,7 +103,7 @@ def run(
     model: nn.Module,
     variables: Mapping[str, Any],
     splits: data.Splits,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     *,
     criteria: Sequence[str],
     num_images: int = 8,
@@ -109,7 +112,7 @@ def run(
     """Write both figures into ``workdir``; return their names, the errors and the shares."""
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     images, labels = splits.test.images[:num_images], splits.test.labels[:num_images]
     explained = explain_images(model, variables, images)
     heatmap_grid(workdir / HEATMAP_FIGURE, images, labels, explained)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
+from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, models, provenance, pruning, training
@@ -155,7 +155,7 @@ def finetune_fn(
     prune: ml_collections.ConfigDict,
     model: nn.Module,
     splits: data.Splits,
-    workdir: Path,
+    workdir: epath.Path,
     unit: provenance.Fingerprint,
     *,
     dense: Mapping[str, Any] | None = None,
@@ -218,7 +218,7 @@ def exclude_from(prune: ml_collections.ConfigDict, specs: Sequence[models.LayerS
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
@@ -232,7 +232,7 @@ def run(
     """
     prune = common.section(config, "prune", defaults(), validate)
     finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     timer = common.Timer()
     with timer.phase("load_or_train"):
@@ -347,10 +347,10 @@ def run(
     return results
 
 
-def load_result(model: nn.Module, workdir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_result(model: nn.Module, workdir: epath.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The pruned model of a finished run in ``workdir``: the shrunk (narrower) model and its
     variables when the masks were structured, else ``model`` with the masked variables."""
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     results = json.loads((workdir / "results.json").read_text())
     if "shrunk" not in results:
         return model, common.load_variables(workdir / "pruned_variables")

@@ -27,7 +27,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training
@@ -226,7 +226,7 @@ def run_one(
     variables: Mapping[str, Any],
     splits: data.Splits,
     bits: dict[str, int],
-    unit_dir: Path,
+    unit_dir: epath.Path,
     unit: provenance.Fingerprint,
 ) -> dict[str, Any]:
     """PTQ, QAT, export and the integer-model check for one allocation, in ``unit_dir`` (claimed
@@ -280,7 +280,7 @@ def run_one(
     return result
 
 
-def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
+def write_outputs(workdir: epath.Path, results: dict[str, Any]) -> None:
     checkpoint.write_json_atomic(workdir / "results.json", results)
     runs = results["runs"]
     if not runs:
@@ -334,7 +334,7 @@ def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
@@ -348,7 +348,7 @@ def run(
     """
     q = common.section(config, "quantize", defaults(), validate)
     finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = common.starting_point(
         config, model, variables, saved=q.variables, trained_workdir=workdir / "float"

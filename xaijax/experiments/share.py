@@ -36,7 +36,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -44,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training, weight_sharing
@@ -273,7 +273,7 @@ def run_one(
     mask: Any,
     bits: int,
     importance_name: str,
-    run_dir: Path,
+    run_dir: epath.Path,
     unit: provenance.Fingerprint,
     assignment: str = KMEANS,
 ) -> dict[str, Any]:
@@ -356,7 +356,7 @@ TABLE_COLUMNS = (
 )
 
 
-def write_outputs(workdir: Path, results: Mapping[str, Any]) -> str:
+def write_outputs(workdir: epath.Path, results: Mapping[str, Any]) -> str:
     """CSV, Markdown table and plots of the rows; returns the Markdown table."""
     rows = [
         {**row, "drop_points": 100 * (results["accuracy_dense"] - row["accuracy_finetuned"])}
@@ -412,7 +412,7 @@ def write_outputs(workdir: Path, results: Mapping[str, Any]) -> str:
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
@@ -426,7 +426,7 @@ def run(
     """
     share = common.section(config, "share", defaults(), validate)
     finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = common.starting_point(
         config,

@@ -14,14 +14,15 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import io
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
 import numpy as np
+from etils import epath
 
 from xaijax import importance, models, provenance, pruning, report, training
 from xaijax.experiments import common
@@ -63,12 +64,13 @@ def _sweep_key(row: Mapping[str, Any]) -> SweepPoint:
     return row["granularity"], row["criterion"], float(row["sparsity"])
 
 
-def read_sweep_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_sweep_rows(path: epath.PathLike) -> list[dict[str, Any]]:
     """The rows of a ``sweep.csv`` with their :data:`SWEEP_COLUMNS` types ([] when absent)."""
-    path = Path(path)
+    path = epath.Path(path)
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
+    # Bytes decoded without newline translation, as open(newline="") reads them for csv.
+    with io.StringIO(path.read_bytes().decode(), newline="") as handle:
         reader = csv.DictReader(handle)
         # Rows written before fingerprints existed read with an empty one: never reused.
         missing = sorted(set(SWEEP_COLUMNS) - set(reader.fieldnames or ()) - {"fingerprint"})
@@ -114,7 +116,7 @@ def _checked_sweep_args(
 
 def sweep(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     *,
     criteria: Sequence[str],
     sparsities: Sequence[float],
@@ -143,7 +145,7 @@ def sweep(
     """
     prune = common.section(config, "prune", defaults(), validate)
     criteria, sparsities, granularities = _checked_sweep_args(criteria, sparsities, granularities)
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     csv_path = workdir / "sweep.csv"
     points = [(g, c, s) for g in granularities for c in criteria for s in sparsities]
@@ -185,7 +187,7 @@ def sweep(
     return chosen
 
 
-def _point_dir(workdir: Path, point: SweepPoint) -> Path:
+def _point_dir(workdir: epath.Path, point: SweepPoint) -> epath.Path:
     granularity, criterion, sparsity = point
     return workdir / "finetune" / f"{granularity}_{criterion}_{sparsity:g}"
 
@@ -193,7 +195,7 @@ def _point_dir(workdir: Path, point: SweepPoint) -> Path:
 def _sweep_rows(
     config: ml_collections.ConfigDict,
     prune: ml_collections.ConfigDict,
-    workdir: Path,
+    workdir: epath.Path,
     todo: Mapping[SweepPoint, provenance.Fingerprint],
     *,
     model: nn.Module | None,
@@ -337,7 +339,7 @@ def _one_shot(
     return result, before[-1], timer.seconds["finetune"]
 
 
-def plot_sweep(rows: Sequence[Mapping[str, Any]], workdir: str | Path) -> list[Path]:
+def plot_sweep(rows: Sequence[Mapping[str, Any]], workdir: epath.PathLike) -> list[epath.Path]:
     """``workdir/sweep_<granularity>_sparsity.png`` and ``..._flops.png`` (log x) per granularity
     of ``rows``: test accuracy per criterion, fine-tuned and right after pruning, and the dense
     model as a single reference point."""
@@ -362,7 +364,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], workdir: str | Path) -> list[P
                     [row["accuracy_before_finetune"] for row in points],
                 )
             series["dense"] = ([dense_x], [chosen[0]["accuracy_dense"]])
-            path = Path(workdir) / f"sweep_{granularity}_{column}.png"
+            path = epath.Path(workdir) / f"sweep_{granularity}_{column}.png"
             paths.append(
                 report.line_plot(
                     path,

@@ -22,14 +22,13 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
-from xaijax import report
+from xaijax import paths, report
 from xaijax.study.rows import ROWS_FILE, check_seeds, rows_from_results, seed_dir, write_rows
 from xaijax.study.runner import seed_config
 from xaijax.study.summary import (
@@ -46,6 +45,8 @@ from xaijax.study.summary import (
 #: Variant names (directory names): letters, digits and ``_ . = + -``.
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_.=+-]+")
 #: Stages a variant may change, and the stages each one starts from.
+#: The file a finished pipeline stage directory holds (``xaijax.pipeline.run_stage`` writes it).
+STAGE_MARKER = "stage.json"
 STARTS_FROM = {"prune": ("baseline",), "share": ("baseline", "prune")}
 
 
@@ -124,38 +125,53 @@ def variant_config(
     return config
 
 
-def _copy_atomic(source: Path, destination: Path) -> None:
-    """Copy the directory ``source`` to ``destination`` (a temporary copy, then a rename)."""
+def _copy_atomic(source: epath.Path, destination: epath.Path) -> None:
+    """Copy the finished stage directory ``source`` to ``destination``.
+
+    Locally a temporary copy renamed into place (atomic). On an object store, where a directory
+    cannot be renamed atomically, any unfinished copy is deleted and the files are copied with
+    ``stage.json`` last: a destination without it is unfinished and is copied again.
+    """
+    if not paths.is_local(destination):
+        paths.remove(destination)
+        paths.copy_tree(source, destination, last=(STAGE_MARKER,))
+        return
     staging = destination.with_name(f".{destination.name}.copying")
-    shutil.rmtree(staging, ignore_errors=True)
+    paths.remove(staging)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, staging)
+    paths.copy_tree(source, staging)
     os.replace(staging, destination)
 
 
-def start_dirs(variant: Variant) -> tuple[Path, ...]:
+def _copied(destination: epath.Path) -> bool:
+    """Whether :func:`_copy_atomic` finished copying to ``destination``: locally the directory
+    exists (it appears whole); on an object store its ``stage.json`` (copied last) exists."""
+    return (destination if paths.is_local(destination) else destination / STAGE_MARKER).exists()
+
+
+def start_dirs(variant: Variant) -> tuple[epath.Path, ...]:
     """The stage directories (relative to a seed's pipeline workdir) ``variant`` starts from."""
     return tuple(
-        Path(stage) if stage == "baseline" else Path(stage) / DEEPLIFT_METHOD[stage]
+        epath.Path(stage) if stage == "baseline" else epath.Path(stage) / DEEPLIFT_METHOD[stage]
         for stage in STARTS_FROM[variant.stage]
     )
 
 
-def check_study(study_dir: Path, variant: Variant) -> None:
+def check_study(study_dir: epath.Path, variant: Variant) -> None:
     """Raise ``FileNotFoundError`` unless the study seed in ``study_dir`` finished the stages
     ``variant`` starts from."""
     for relative in start_dirs(variant):
-        if not (study_dir / relative / "stage.json").exists():
+        if not (study_dir / relative / STAGE_MARKER).exists():
             raise FileNotFoundError(
                 f"the study has no finished {relative} in {study_dir}; run the study first"
             )
 
 
-def seed_variant_dir(study_dir: Path, variant_dir: Path, variant: Variant) -> None:
+def seed_variant_dir(study_dir: epath.Path, variant_dir: epath.Path, variant: Variant) -> None:
     """Copy into ``variant_dir`` the study seed's finished stages ``variant`` starts from."""
     check_study(study_dir, variant)
     for relative in start_dirs(variant):
-        if not (variant_dir / relative).exists():
+        if not _copied(variant_dir / relative):
             _copy_atomic(study_dir / relative, variant_dir / relative)
 
 
@@ -173,8 +189,8 @@ def variant_rows(results: Mapping[str, Any], variant: Variant, seed: int) -> lis
 
 def run(
     config: ml_collections.ConfigDict,
-    study_workdir: str | Path,
-    workdir: str | Path,
+    study_workdir: epath.PathLike,
+    workdir: epath.PathLike,
     variants: Sequence[Variant],
     seeds: Iterable[int],
 ) -> list[dict[str, Any]]:
@@ -190,7 +206,7 @@ def run(
         pipeline.check_config(variant_config(config, variant, seeds[0]))
         for seed in seeds:
             check_study(seed_dir(study_workdir, seed), variant)
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     rows: list[dict[str, Any]] = []
     for variant in variants:
         for seed in seeds:

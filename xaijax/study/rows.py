@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from xaijax import report
 
@@ -45,9 +45,9 @@ def check_seeds(seeds: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in seeds)
 
 
-def seed_dir(workdir: str | Path, seed: int) -> Path:
+def seed_dir(workdir: epath.PathLike, seed: int) -> epath.Path:
     """Where seed ``seed`` of a study in ``workdir`` runs its pipeline."""
-    return Path(workdir) / f"seed_{seed}"
+    return epath.Path(workdir) / f"seed_{seed}"
 
 
 def _pick(section: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:
@@ -183,7 +183,7 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
     return rows
 
 
-def rows_from_workdir(workdir: str | Path, seeds: Iterable[int]) -> list[dict[str, Any]]:
+def rows_from_workdir(workdir: epath.PathLike, seeds: Iterable[int]) -> list[dict[str, Any]]:
     """The rows of ``seeds``, from each ``workdir/seed_<s>/results.json``."""
     rows: list[dict[str, Any]] = []
     for seed in check_seeds(seeds):
@@ -194,13 +194,13 @@ def rows_from_workdir(workdir: str | Path, seeds: Iterable[int]) -> list[dict[st
     return rows
 
 
-def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """``rows`` as JSON lines, replacing ``path`` atomically (temporary file + ``os.replace``)."""
+def write_rows(path: epath.PathLike, rows: Sequence[Mapping[str, Any]]) -> epath.Path:
+    """``rows`` as JSON lines, replacing ``path`` atomically (``report.write_text_atomic``)."""
     text = "".join(json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows)
     return report.write_text_atomic(path, text)
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_rows(path: epath.PathLike) -> list[dict[str, Any]]:
     """The rows of a ``rows.jsonl`` file."""
-    lines = Path(path).read_text().splitlines()
+    lines = epath.Path(path).read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from xaijax.study.rows import ROWS_FILE, check_seeds, rows_from_workdir, seed_dir, write_rows
 
@@ -51,7 +51,7 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 
 def run(
-    config: ml_collections.ConfigDict, workdir: str | Path, seeds: Iterable[int]
+    config: ml_collections.ConfigDict, workdir: epath.PathLike, seeds: Iterable[int]
 ) -> list[dict[str, Any]]:
     """The pipeline for every seed (resuming finished work); returns the rows of ``seeds``.
 
@@ -61,7 +61,7 @@ def run(
     from xaijax import checkpoint, pipeline  # Late import: tables need no JAX.
 
     seeds = check_seeds(seeds)
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     checkpoint.write_json_atomic(
         workdir / CONFIG_FILE, {"seeds": list(seeds), "config": config.to_dict()}
     )

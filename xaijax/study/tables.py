@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from xaijax import report, statistics
 from xaijax.study.rows import STAGES
@@ -161,7 +161,7 @@ def tables(summary_or_rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], **k
     return "\n".join(lines)
 
 
-def plot(summary: Mapping[str, Any], path: str | Path, stage: str) -> Path | None:
+def plot(summary: Mapping[str, Any], path: epath.PathLike, stage: str) -> epath.Path | None:
     """Accuracy ± std (after fine-tuning) per method, one column of points per setting of
     ``stage``; the mean baseline accuracy as a dashed line. None when the stage has no cells."""
     import matplotlib.pyplot as plt  # Agg: xaijax.report selected it on import.
@@ -203,7 +203,7 @@ def plot(summary: Mapping[str, Any], path: str | Path, stage: str) -> Path | Non
 
 def write_report(
     rows: Sequence[Mapping[str, Any]],
-    output: str | Path,
+    output: epath.PathLike,
     *,
     interval_method: str = "t",
     confidence: float = 0.95,
@@ -211,7 +211,7 @@ def write_report(
     """``output`` (Markdown: :func:`tables` and the figures), the summary as JSON beside it
     (``<output stem>.json``) and one figure per stage (``<output stem>_<stage>.png``); returns
     the summary."""
-    output = Path(output)
+    output = epath.Path(output)
     summary = summarize(rows, interval_method=interval_method, confidence=confidence)
     figures = []
     for stage in STAGES[1:]:
