@@ -121,3 +121,30 @@ def test_verdict(low, high, expected):
 def test_bad_inputs_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_allocation_differences_lists_only_disagreements_with_both_allocations():
+    from xaijax.study import allocation_differences
+
+    def row(seed, budget, method, bits, accuracy):
+        return {
+            "seed": seed,
+            "stage": "quantize",
+            "method": method,
+            "setting": {"budget": budget},
+            "layer_bits": bits,
+            "accuracy": accuracy,
+        }
+
+    rows = [
+        row(0, 3.0, "deeplift_sensitivity", {"a": 4, "b": 2}, 0.9),
+        row(0, 3.0, "hessian", {"a": 4, "b": 2}, 0.9),
+        row(1, 3.0, "deeplift_sensitivity", {"a": 2, "b": 4}, 0.8),
+        row(1, 3.0, "hessian", {"a": 4, "b": 2}, 0.85),
+        row(1, 3.0, "uniform", {"a": 3, "b": 3}, 0.7),
+    ]
+    text = allocation_differences(rows)
+    assert "They differ in 1 of 2 (seed, budget) pairs." in text
+    lines = [line for line in text.splitlines() if line.startswith("| 1 ")]
+    assert lines == ["| 1 | 3 | no | a=2, b=4 | a=4, b=2 | 0.8000 | 0.8500 |"]
+    assert allocation_differences(rows[:1]) == ""

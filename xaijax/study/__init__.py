@@ -64,6 +64,7 @@ from xaijax.study.summary import (
 from xaijax.study.tables import (
     COLUMN_LABELS,
     LABELS,
+    allocation_differences,
     method_table,
     plot,
     tables,
@@ -85,6 +86,7 @@ __all__ = [
     "ROWS_FILE",
     "SEED_FIELDS",
     "STAGES",
+    "allocation_differences",
     "check_seeds",
     "compare",
     "interval",

@@ -11,7 +11,13 @@ from etils import epath
 
 from xaijax import report, statistics
 from xaijax.study.rows import STAGES
-from xaijax.study.summary import BOOTSTRAP_RESAMPLES, MEASURES, setting_label, summarize
+from xaijax.study.summary import (
+    BOOTSTRAP_RESAMPLES,
+    DEEPLIFT_METHOD,
+    MEASURES,
+    setting_label,
+    summarize,
+)
 
 LABELS = {
     "baseline": {"accuracy": "accuracy"},
@@ -201,6 +207,46 @@ def plot(summary: Mapping[str, Any], path: epath.PathLike, stage: str) -> epath.
     return report._save_figure(fig, path)  # the report module's atomic figure writer
 
 
+def allocation_differences(
+    rows: Sequence[Mapping[str, Any]],
+    method: str = DEEPLIFT_METHOD["quantize"],
+    against: str = "hessian",
+) -> str:
+    """Markdown: per seed and budget, whether ``method`` and ``against`` chose the same bits per
+    layer, and both allocations with their QAT accuracy where they differ ("" without both)."""
+    chosen = {
+        (r["seed"], r["setting"]["budget"], r["method"]): r
+        for r in rows
+        if r["stage"] == "quantize" and r["method"] in (method, against)
+    }
+    table = []
+    for seed, budget, name in sorted(chosen):
+        other = chosen.get((seed, budget, against))
+        if name != method or other is None:
+            continue
+        mine = chosen[seed, budget, name]
+        same = mine["layer_bits"] == other["layer_bits"]
+        table.append(
+            {
+                "seed": seed,
+                "budget": budget,
+                "same bits": "yes" if same else "no",
+                f"{method} bits": "" if same else setting_label(mine["layer_bits"]),
+                f"{against} bits": "" if same else setting_label(other["layer_bits"]),
+                f"{method} QAT": f"{mine['accuracy']:.4f}",
+                f"{against} QAT": f"{other['accuracy']:.4f}",
+            }
+        )
+    if not table:
+        return ""
+    differ = sum(row["same bits"] == "no" for row in table)
+    return (
+        f"## quantize: where {method} and {against} allocate differently\n\n"
+        f"They differ in {differ} of {len(table)} (seed, budget) pairs.\n\n"
+        + report.markdown_table(table)
+    )
+
+
 def write_report(
     rows: Sequence[Mapping[str, Any]],
     output: epath.PathLike,
@@ -219,6 +265,9 @@ def write_report(
         if path is not None:
             figures.append(path.name)
     text = tables(summary)
+    differences = allocation_differences(rows)
+    if differences:
+        text += "\n" + differences
     if figures:
         text += "\n## Figures\n\n" + "".join(f"![{name}]({name})\n\n" for name in figures)
     report.write_text_atomic(output, text)
