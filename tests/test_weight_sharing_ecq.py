@@ -341,9 +341,9 @@ def test_kmeans_fingerprints_are_those_from_before_ecq():
     section = share.defaults()
     section.importances = ("uniform", "magnitude")
     section.bits = (2, 3)
-    old_section = {
-        k: v for k, v in section.to_dict().items() if k not in ("assignments", "ecq_lambda")
-    }
+    # The section before ECQ and the importance exponent existed (the exponent at its neutral 1).
+    new_fields = ("assignments", "ecq_lambda", "importance_exponent")
+    old_section = {k: v for k, v in section.to_dict().items() if k not in new_fields}
     old_base = provenance.fingerprint(
         unit="share",
         model=provenance.model_identity(model),
