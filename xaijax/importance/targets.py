@@ -46,5 +46,8 @@ def per_example_scores(
         logits = model.apply(variables, images, train=False)
         return for_targets(jnp.argmax(logits, axis=-1).astype(jnp.int32))
     classes = jnp.arange(_class_count(model, variables, images), dtype=jnp.int32)
-    per_class = jax.vmap(lambda c: for_targets(jnp.full(labels.shape, c)))(classes)
+    # One class after another (lax.map), not vmapped: vmapping the kernel pullback of a
+    # convolution over classes hits a batching rule JAX does not implement (the transposed
+    # conv's batch groups), and a loop holds one class's scores at a time.
+    per_class = jax.lax.map(lambda c: for_targets(jnp.full(labels.shape, c)), classes)
     return jax.tree.map(lambda s: s.mean(axis=0), per_class)
