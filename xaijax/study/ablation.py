@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from xaijax import paths, report
+from xaijax import paths, report, statistics
 from xaijax.study.rows import ROWS_FILE, check_seeds, rows_from_results, seed_dir, write_rows
 from xaijax.study.runner import seed_config
 from xaijax.study.summary import (
@@ -233,11 +233,12 @@ def comparisons(
         if ours not in methods or not any("overrides" in row for row in cell):
             continue  # No variant in this cell.
         for metric in COMPARED:
-            means = {
-                m: sum(r[metric] for r in s.values()) / len(s)
+            described = {
+                m: statistics.mean_std([r[metric] for r in s.values()])
                 for m, s in methods.items()
                 if all(r[metric] is not None for r in s.values())
             }
+            means = {m: mean for m, (mean, _) in described.items()}
             baselines = sorted((m for m in means if not is_deeplift(m)), key=lambda m: -means[m])
             for method in (m for m in means if is_deeplift(m)):
                 entry = {
@@ -247,6 +248,7 @@ def comparisons(
                     "method": method,
                     "n": len(methods[method]),
                     "mean": means[method],
+                    "std": described[method][1],
                 }
                 for key, against in (("vs_default", ours), ("vs_strongest", baselines[0])):
                     if against != method:
@@ -302,7 +304,7 @@ def tables(rows: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
             {
                 "method": e["method"],
                 "n seeds": e["n"],
-                metric: f"{e['mean']:.4f}",
+                f"{metric} (mean ± std)": f"{e['mean']:.4f} ± {e['std']:.4f}",
                 "vs default DeepLIFT": _difference(e.get("vs_default")),
                 f"vs {strongest} (strongest baseline)": _difference(e.get("vs_strongest")),
             }
