@@ -53,14 +53,28 @@ class _Call:
     axis: Any = None
 
 
-def _kind(module: nn.Module) -> str | None:
+def layer_kind(module: nn.Module) -> str | None:
+    """``"conv"`` / ``"dense"`` for an ``nn.Conv`` / ``nn.Dense``, else None."""
     if isinstance(module, nn.Conv):
         return "conv"
     if isinstance(module, nn.Dense):
         return "dense"
-    if isinstance(module, nn.BatchNorm):
-        return "bn"
     return None
+
+
+def scope_path(module: nn.Module) -> str:
+    """The module path read from its scope chain (``"Block_0/Conv_1"``). Unlike
+    ``module.path`` it follows ``nn.share_scope``, which reattaches scopes made before it ran."""
+    names = []
+    scope = module.scope
+    while scope is not None and scope.parent is not None:
+        names.append(str(scope.name))
+        scope = scope.parent
+    return "/".join(reversed(names))
+
+
+def _kind(module: nn.Module) -> str | None:
+    return "bn" if isinstance(module, nn.BatchNorm) else layer_kind(module)
 
 
 def _tag_input(args: tuple, kwargs: dict, name: str) -> tuple[tuple, dict]:

@@ -34,28 +34,10 @@ from flax.core import unfreeze
 from flax.errors import FlaxError
 
 from xaijax.models import LayerSpec, discover_layer_specs
+from xaijax.models.discovery import layer_kind, scope_path
 from xaijax.pruning.apply import Variables, _checked_unit_masks, _input_channel_mask
 
 __all__ = ["Narrowed", "shrink_any", "traced_layer_costs"]
-
-
-def _layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv):
-        return "conv"
-    if isinstance(module, nn.Dense):
-        return "dense"
-    return None
-
-
-def _scope_path(module: nn.Module) -> str:
-    """The module path read from its scope chain (``"Block_0/Conv_1"``). Unlike
-    ``module.path`` it follows ``nn.share_scope``, which reattaches scopes made before it ran."""
-    names = []
-    scope = module.scope
-    while scope is not None and scope.parent is not None:
-        names.append(str(scope.name))
-        scope = scope.parent
-    return "/".join(reversed(names))
 
 
 def _narrow_call(module: nn.Module, name: str, kind: str, args: tuple, kwargs: dict) -> Any:
@@ -94,8 +76,8 @@ class Narrowed(nn.Module):
 
         def intercept(next_fun, call_args, call_kwargs, context):
             module = context.module
-            kind = _layer_kind(module)
-            name = _scope_path(module)
+            kind = layer_kind(module)
+            name = scope_path(module)
             if (
                 context.method_name != "__call__"
                 or kind is None
@@ -204,8 +186,8 @@ def _call_shapes(
     def record(next_fun, args, call_kwargs, context):
         out = next_fun(*args, **call_kwargs)
         module = context.module
-        name = _scope_path(module)
-        if context.method_name == "__call__" and _layer_kind(module) and name in layers:
+        name = scope_path(module)
+        if context.method_name == "__call__" and layer_kind(module) and name in layers:
             shapes[name] = tuple(out.shape)
         return out
 

@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 from flax.core import FrozenDict
 
+from xaijax.models.discovery import layer_kind, scope_path
 from xaijax.quantization.backend import QuantizationBackend, get_backend
 from xaijax.quantization.numerics import check_bits
 
@@ -31,25 +32,6 @@ _OP_FIELDS = {
     "conv": ("conv_general_dilated", "conv_general_dilated_cls"),
     "dense": ("dot_general", "dot_general_cls"),
 }
-
-
-def _layer_kind(module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv):
-        return "conv"
-    if isinstance(module, nn.Dense):
-        return "dense"
-    return None
-
-
-def _scope_path(module: nn.Module) -> str:
-    """The module path read from its scope chain (``"Block_0/Conv_1"``). Unlike
-    ``module.path`` it follows ``nn.share_scope``, which reattaches scopes made before it ran."""
-    names = []
-    scope = module.scope
-    while scope is not None and scope.parent is not None:
-        names.append(str(scope.name))
-        scope = scope.parent
-    return "/".join(reversed(names))
 
 
 def _quantized_call(
@@ -74,8 +56,8 @@ def _interceptor(
 ) -> Callable:
     def intercept(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
         module = context.module
-        kind = _layer_kind(module)
-        name = _scope_path(module)
+        kind = layer_kind(module)
+        name = scope_path(module)
         if context.method_name != "__call__" or kind is None or name not in bits:
             return next_fun(*args, **kwargs)
         seen.add(name)
