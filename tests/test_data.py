@@ -383,3 +383,25 @@ def test_load_dataset_refuses_a_built_dataset_with_nan_pixels(monkeypatch):
     monkeypatch.setattr(data, "make_synthetic", synthetic_with_nan)
     with pytest.raises(data.DataFormatError, match=r"1 of 512 images .*index 7\)"):
         data.load_dataset("synthetic", "train")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    counts=st.lists(st.integers(3, 12), min_size=2, max_size=6),
+    per_class=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_balanced_indices_take_per_class_distinct_examples_of_every_class(counts, per_class, seed):
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
+    chosen = data.balanced_indices(labels, per_class, seed=seed)
+    assert np.all(np.diff(chosen) > 0)  # sorted and distinct
+    np.testing.assert_array_equal(np.bincount(labels[chosen]), np.full(len(counts), per_class))
+    np.testing.assert_array_equal(chosen, data.balanced_indices(labels, per_class, seed=seed))
+
+
+def test_balanced_indices_reject_bad_requests():
+    labels = np.array([0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="class 0 has 2 examples, fewer than per_class=3"):
+        data.balanced_indices(labels, 3, seed=0)
+    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+        data.balanced_indices(labels, 0, seed=0)

@@ -12,12 +12,13 @@ import importlib.util
 import json
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from xaijax import provenance, training
+from xaijax import data, importance, provenance, training
 from xaijax.experiments import common
 from xaijax.experiments import prune as prune_experiment
 from xaijax.experiments import quantize as quantize_experiment
@@ -290,3 +291,18 @@ def test_share_importance_exponent_is_neutral_at_one():
     for key, fingerprint in after.items():
         scored = key[1] != share_experiment.UNIFORM
         assert (fingerprint.digest != before[key].digest) == scored, key
+
+
+def test_prune_scarce_data_scores_the_balanced_examples_and_enters_the_fingerprint(start):
+    model, variables, splits = start
+    scarce = smoke_config(prune={"criterion": "deeplift", "examples_per_class": 2, "seed": 3})
+    scores = prune_experiment.score_fn(scarce.prune, model, splits.train)(variables, "unit")
+    balanced = data.balanced_subset(splits.train, 2, seed=3)
+    expected = importance.score(
+        "deeplift", model, variables, balanced, granularity="unit", batch_size=128
+    )
+    chex.assert_trees_all_close(scores, jax.device_get(expected), rtol=1e-6)
+    default = prune_experiment.stage_fingerprint(smoke_config(), model, "s").inputs
+    changed = prune_experiment.stage_fingerprint(scarce, model, "s").inputs
+    assert "prune.examples_per_class" not in default
+    assert changed["prune.examples_per_class"] == 2

@@ -109,6 +109,33 @@ def subset(ds: Dataset, indices: np.ndarray | slice) -> Dataset:
     return Dataset(ds.images[indices], ds.labels[indices])
 
 
+def balanced_indices(labels: np.ndarray, per_class: int, *, seed: int) -> np.ndarray:
+    """``per_class`` indices of every class present in ``labels``, drawn without replacement by
+    ``seed``, sorted (so the subset keeps the dataset's order).
+
+    Raises ``ValueError`` when ``per_class < 1`` or some class has fewer examples."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if members.size < per_class:
+            raise ValueError(
+                f"class {label} has {members.size} examples, fewer than per_class={per_class}"
+            )
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def balanced_subset(ds: Dataset, per_class: int, *, seed: int) -> Dataset:
+    """``per_class`` examples of every class of ``ds`` (:func:`balanced_indices`)."""
+    return subset(ds, balanced_indices(ds.labels, per_class, seed=seed))
+
+
 # ----------------------------------------------------------------------------- IDX files
 
 _IDX_DTYPES = {

@@ -42,6 +42,9 @@ def defaults() -> ml_collections.ConfigDict:
             "reference": config_dict.placeholder(str),  # None: the criterion's default
             "num_references": 8,
             "num_examples": 10_000,
+            # Scarce data: score on this many examples of every class (drawn by ``seed``)
+            # instead of the first ``num_examples``; None: off.
+            "examples_per_class": config_dict.placeholder(int),
             "score_batch_size": 128,
             "seed": 0,
             # Masks: "unit" (filters / neurons), "weight" (single weights) or "hybrid" (conv
@@ -102,6 +105,11 @@ def validate(prune: ml_collections.ConfigDict) -> None:
             raise ValueError(
                 f"config.prune.{field} must be an integer >= {minimum}, got {prune[field]!r}"
             )
+    per_class = prune.examples_per_class
+    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
+        raise ValueError(
+            f"config.prune.examples_per_class must be None or an integer >= 1, got {per_class!r}"
+        )
     if not prune.finetune_learning_rate > 0:
         raise ValueError("config.prune.finetune_learning_rate must be > 0")
     if prune.param_budget is not None and not 0 < prune.param_budget < 1:
@@ -110,6 +118,9 @@ def validate(prune: ml_collections.ConfigDict) -> None:
         )
 
 
+#: Fields added after results were cached, at the value that computes what they computed before:
+#: fingerprints leave them out at that value (``common.plain``).
+NEUTRAL_FIELDS = {"examples_per_class": None}
 #: ``prune`` fields that only locate the starting point (its digest stands for them).
 STARTING_POINT_FIELDS = ("trained_workdir",)
 #: ``prune`` fields that ``xaijax.experiments.sweep`` replaces by the sweep point (or, one-shot,
@@ -140,7 +151,7 @@ def prune_fingerprint(
         model=provenance.model_identity(model),
         start=start_digest,
         data=config.data,
-        prune=common.plain(prune, (*STARTING_POINT_FIELDS, *drop)),
+        prune=common.plain(prune, (*STARTING_POINT_FIELDS, *drop), NEUTRAL_FIELDS),
         finetune=common.finetune_settings(
             config,
             epochs=prune.finetune_epochs,
@@ -191,6 +202,11 @@ def score_fn(
 ) -> Callable[[Mapping[str, Any], str], Any]:
     """``(variables, granularity) -> scores`` with the ``prune`` options."""
 
+    num_examples = min(prune.num_examples, train.num_examples)
+    if prune.examples_per_class is not None:  # Scarce data: every balanced example.
+        train = data.balanced_subset(train, prune.examples_per_class, seed=prune.seed)
+        num_examples = train.num_examples
+
     def scores(variables: Mapping[str, Any], granularity: str) -> Any:
         return jax.device_get(
             importance.score(
@@ -200,7 +216,7 @@ def score_fn(
                 train,
                 granularity=granularity,
                 batch_size=prune.score_batch_size,
-                num_examples=min(prune.num_examples, train.num_examples),
+                num_examples=num_examples,
                 target=prune.target,
                 reference=prune.reference,
                 num_references=prune.num_references,
