@@ -6,7 +6,9 @@
 
 Each variant x seed runs in ``<workdir>/<variant>/seed_<s>`` from copies of the study seed's
 finished stages; rerunning resumes. ``<workdir>/rows.jsonl`` holds the variants' raw rows and
-``<workdir>/ablation.md`` the paired comparisons. ``--tables_only`` regenerates the tables from
+``<workdir>/ablation.md`` the paired comparisons; variants that belong to a regime
+(``xaijax.study.regimes``, e.g. ``configs/regimes_lenet5_fmnist.py``) are compared per regime in
+``<workdir>/regimes.md`` instead. ``--tables_only`` regenerates the tables from
 ``--rows`` and ``--study_rows`` without running anything.
 """
 
@@ -17,7 +19,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from xaijax import report, study
-from xaijax.study import ablation
+from xaijax.study import ablation, regimes
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
 _STUDY_WORKDIR = flags.DEFINE_string("study_workdir", None, "The finished study's workdir.")
@@ -32,11 +34,20 @@ _OUTPUT = flags.DEFINE_string("output", None, "Tables file (default: beside the 
 
 
 def write_tables(rows: list[dict], study_rows_path: epath.Path, output: epath.Path) -> None:
+    """``output`` (ablation.md) for plain variants; ``regimes.md`` beside it for regime variants
+    (``xaijax.study.regimes``)."""
     seeds = {row["seed"] for row in rows}
     study_rows = [row for row in study.read_rows(study_rows_path) if row["seed"] in seeds]
-    text = ablation.tables(study_rows + rows, interval_method=_INTERVAL.value)
-    report.write_text_atomic(output, text)
-    print(f"tables: {output}", flush=True)
+    plain = [row for row in rows if "regime" not in row]
+    in_regimes = [row for row in rows if "regime" in row]
+    written = []
+    if plain:
+        text = ablation.tables(study_rows + plain, interval_method=_INTERVAL.value)
+        written.append(report.write_text_atomic(output, text))
+    if in_regimes:
+        text = regimes.tables(study_rows, in_regimes, interval_method=_INTERVAL.value)
+        written.append(report.write_text_atomic(output.with_name("regimes.md"), text))
+    print(f"tables: {', '.join(map(str, written))}", flush=True)
 
 
 def main(argv: list[str]) -> None:

@@ -29,7 +29,14 @@ import ml_collections
 from etils import epath
 
 from xaijax import paths, report, statistics
-from xaijax.study.rows import ROWS_FILE, check_seeds, rows_from_results, seed_dir, write_rows
+from xaijax.study.rows import (
+    ROWS_FILE,
+    check_seeds,
+    rows_from_results,
+    seed_dir,
+    share_method,
+    write_rows,
+)
 from xaijax.study.runner import seed_config
 from xaijax.study.summary import (
     COMPARED,
@@ -57,6 +64,7 @@ class Variant:
     name: str
     stage: str
     overrides: Mapping[str, Mapping[str, Any]]
+    regime: str | None = None  # xaijax.study.regimes: the regime the variant belongs to.
 
     def __post_init__(self) -> None:
         if self.stage not in STARTS_FROM:
@@ -76,11 +84,37 @@ class Variant:
                 )
 
     @property
-    def method(self) -> str:
-        """The study method the variant changes: the overridden criterion, else DeepLIFT's."""
+    def importance(self) -> str:
+        """The criterion the variant scores with: the overridden one (``prune.criterion``, or the
+        single ``share.importances``), else DeepLIFT's."""
+        fields = self.overrides.get(self.stage, {})
         if self.stage == "prune":
-            return self.overrides.get("prune", {}).get("criterion", DEEPLIFT_METHOD["prune"])
-        return DEEPLIFT_METHOD[self.stage]
+            return fields.get("criterion", DEEPLIFT_METHOD["prune"])
+        importances = tuple(fields.get("importances", (DEEPLIFT_METHOD["share"],)))
+        if len(importances) != 1:
+            raise ValueError(
+                f"variant {self.name!r}: give one share.importances, got {importances}"
+            )
+        return importances[0]
+
+    @property
+    def method(self) -> str:
+        """The study method of the rows the variant produces (``share_method`` for sharing:
+        ``ecq+<importance>`` when ``share.assignments`` is ``("ecq",)``)."""
+        if self.stage == "prune":
+            return self.importance
+        assignments = tuple(self.overrides.get("share", {}).get("assignments", ("kmeans",)))
+        if len(assignments) != 1:
+            raise ValueError(
+                f"variant {self.name!r}: give one share.assignments, got {assignments}"
+            )
+        return share_method(
+            {
+                "assignment": assignments[0],
+                "importance": self.importance,
+                "relevance": self.importance,
+            }
+        )
 
 
 def variants_from_config(section: Mapping[str, Any]) -> tuple[Variant, ...]:
@@ -89,12 +123,14 @@ def variants_from_config(section: Mapping[str, Any]) -> tuple[Variant, ...]:
         section = section.to_dict()
     variants = []
     for name, spec in section.items():
-        unknown = set(spec) - {"stage", "overrides"}
+        unknown = set(spec) - {"stage", "overrides", "regime"}
         if unknown or "stage" not in spec:
             raise ValueError(
-                f"variant {name!r} needs 'stage' and optional 'overrides', got {sorted(spec)}"
+                f"variant {name!r} needs 'stage' and optional 'overrides' and 'regime', "
+                f"got {sorted(spec)}"
             )
-        variants.append(Variant(name, spec["stage"], dict(spec.get("overrides", {}))))
+        overrides = dict(spec.get("overrides", {}))
+        variants.append(Variant(name, spec["stage"], overrides, spec.get("regime")))
     if not variants:
         raise ValueError("an ablation needs at least one variant")
     return tuple(variants)
@@ -108,21 +144,30 @@ def variant_config(
     with config.unlocked():
         if "ablation" in config:  # The variants themselves are no pipeline input.
             del config["ablation"]
-        for section, fields in variant.overrides.items():
-            if section not in config:
-                config[section] = ml_collections.ConfigDict()
-            for field, value in fields.items():
-                config[section][field] = copy.deepcopy(value)
-        carried = variant.method if variant.stage == "prune" else DEEPLIFT_METHOD["prune"]
+        _merge(config, variant.overrides)
+        carried = variant.importance if variant.stage == "prune" else DEEPLIFT_METHOD["prune"]
         config.compress.criteria = (carried,)
         config.compress.carry = carried
         config.compress.export_artifact = False
+        config.compress.explain_consistency = False
         config.compress.stages = tuple(
             s for s in (*STARTS_FROM[variant.stage], variant.stage) if s != "baseline"
         )
-        if variant.stage == "share" and "importances" not in variant.overrides.get("share", {}):
-            config.share.importances = (variant.method,)
+        if variant.stage == "share":
+            config.share.importances = (variant.importance,)
     return config
+
+
+def _merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Set ``overrides`` into ``config`` (unlocked) recursively: a nested mapping updates the
+    sub-section field by field instead of replacing it."""
+    for field, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(config.get(field), ml_collections.ConfigDict):
+            _merge(config[field], value)
+        elif isinstance(value, Mapping):
+            config[field] = ml_collections.ConfigDict(copy.deepcopy(dict(value)))
+        else:
+            config[field] = copy.deepcopy(value)
 
 
 def _copy_atomic(source: epath.Path, destination: epath.Path) -> None:
@@ -181,7 +226,10 @@ def variant_rows(results: Mapping[str, Any], variant: Variant, seed: int) -> lis
     rows = []
     for row in rows_from_results(results, seed):
         if row["stage"] == variant.stage and row["method"] == variant.method:
-            rows.append({**row, "method": variant.name, "overrides": variant.overrides})
+            renamed = {**row, "method": variant.name, "overrides": variant.overrides}
+            if variant.regime is not None:
+                renamed.update(regime=variant.regime, regime_method=variant.method)
+            rows.append(renamed)
     if not rows:
         raise ValueError(f"variant {variant.name!r}: seed {seed} produced no {variant.stage} rows")
     return rows

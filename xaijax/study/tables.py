@@ -45,7 +45,7 @@ def _pm(described: Mapping[str, Any] | None, *, count: bool = False) -> str:
     return f"{show(described['mean'])} ± {std}"
 
 
-def _signed(value: float | None) -> str:
+def signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.4f}"
 
 
@@ -58,7 +58,7 @@ def verdict_words(comparison: Mapping[str, Any]) -> str:
     return f"{ours} {words[comparison['verdict']]} {other}"
 
 
-def _interval_cell(comparison: Mapping[str, Any]) -> str:
+def interval_cell(comparison: Mapping[str, Any]) -> str:
     if comparison["low"] is None:
         return ""
     return f"[{comparison['low']:+.4f}, {comparison['high']:+.4f}]"
@@ -70,8 +70,8 @@ def _comparison_row(cell: Mapping[str, Any], c: Mapping[str, Any], level: str) -
         "metric": LABELS[cell["stage"]].get(c["metric"], c["metric"]),
         "against": against,
         "n": c["n"],
-        "mean difference": _signed(c["mean"]),
-        f"{level} interval": _interval_cell(c),
+        "mean difference": signed(c["mean"]),
+        f"{level} interval": interval_cell(c),
         "verdict": verdict_words(c),
     }
 

@@ -1,0 +1,70 @@
+"""The regimes of Yeom et al. (2021) on the LeNet-5 / Fashion-MNIST study's seeds.
+
+Run with ``scripts/ablation.py`` (tables: ``regimes.md``, ``xaijax.study.regimes``). Every
+pruning regime runs DeepLIFT, LRP, Taylor and magnitude at one equal size (``prune.param_budget``,
+the fraction of the dense model's parameters kept):
+
+* ``oneshot``: one round of pruning at the study's size (50% of the conv filters, 10% of the
+  parameters kept), no fine-tuning;
+* ``oneshot+keep30``: one round at a milder size (25% of the filters, 30% of the parameters
+  kept), no fine-tuning;
+* ``oneshot+keep30+<k>pc``: the same, scored from ``k`` = 1, 5, 20 examples of every class
+  (``prune.examples_per_class``, drawn by the seed), the scarce-data regime;
+* ``fine-tuned``: LRP in the study's own recipe (two rounds of prune + 2 epochs), paired with the
+  study's DeepLIFT, Taylor and magnitude rows.
+
+Weight sharing (study recipe, 2 and 4 bits), ``fine-tuned`` regime: ECQ assignment with DeepLIFT
+and with LRP relevances (``share.assignments = ("ecq",)``), paired with the study's plain k-means
+(``uniform``), magnitude- and DeepLIFT-weighted k-means.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+CRITERIA = ("deeplift", "lrp", "taylor", "magnitude")
+ONE_SHOT = {"iterations": 1, "finetune_epochs": 0}
+MILD = {"conv_sparsity": 0.25, "dense_sparsity": 0.7, "param_budget": 0.3}
+
+
+def _load(name: str):
+    path = Path(__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def regimes() -> dict:
+    """``{regime: overrides}`` of the pruning regimes (without the criterion)."""
+    found = {
+        "oneshot": {"prune": dict(ONE_SHOT)},
+        "oneshot+keep30": {"prune": {**ONE_SHOT, **MILD}},
+    }
+    for per_class in (1, 5, 20):
+        found[f"oneshot+keep30+{per_class}pc"] = {
+            "prune": {**ONE_SHOT, **MILD, "examples_per_class": per_class}
+        }
+    return found
+
+
+def get_config() -> ml_collections.ConfigDict:
+    from xaijax.study import regimes as regimes_study
+
+    config = _load("study_lenet5_fmnist").get_config()
+    variants = regimes_study.variants(regimes(), CRITERIA)
+    variants["fine-tuned+lrp"] = {
+        "stage": "prune",
+        "overrides": {"prune": {"criterion": "lrp"}},
+        "regime": regimes_study.STUDY_REGIME,
+    }
+    for relevance in ("deeplift", "lrp"):
+        variants[f"ecq+{relevance}"] = {
+            "stage": "share",
+            "overrides": {"share": {"assignments": ("ecq",), "importances": (relevance,)}},
+            "regime": regimes_study.STUDY_REGIME,
+        }
+    ordered = ml_collections.ConfigDict(variants, sort_keys=False)  # Run in the order written.
+    config.ablation = ml_collections.ConfigDict({"variants": ordered})
+    return config
