@@ -380,7 +380,7 @@ def test_load_dataset_refuses_a_built_dataset_with_nan_pixels(monkeypatch):
         return ds
 
     make_synthetic = data.make_synthetic
-    monkeypatch.setattr(data, "make_synthetic", synthetic_with_nan)
+    monkeypatch.setattr(data.sources, "make_synthetic", synthetic_with_nan)
     with pytest.raises(data.DataFormatError, match=r"1 of 512 images .*index 7\)"):
         data.load_dataset("synthetic", "train")
 
