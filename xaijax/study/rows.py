@@ -14,7 +14,7 @@ from etils import epath
 from xaijax import report
 
 ROWS_FILE = "rows.jsonl"
-STAGES = ("baseline", "prune", "share", "quantize")
+STAGES = ("baseline", "prune", "share", "quantize", "joint")
 #: Prune fields that define the comparison cell (shared by every criterion).
 PRUNE_SETTING = (
     "granularity",
@@ -101,7 +101,7 @@ def share_method(row: Mapping[str, Any]) -> str:
 def recorded_seeds(results: Mapping[str, Any]) -> set[int]:
     """The seeds the experiment sections of a pipeline ``results`` record."""
     sections = [r["prune"] for r in results.get("prune", {}).values()]
-    sections += [results[s][s] for s in ("share", "quantize") if s in results]
+    sections += [results[s][s] for s in ("share", "quantize", "joint") if s in results]
     return {int(section["seed"]) for section in sections}
 
 
@@ -178,6 +178,24 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
                     size_bytes=int(r["size"]["total"]),
                     layer_bits=dict(r["bits"]),
                     avg_bits=r["avg_bits"],
+                )
+            )
+    if "joint" in results:
+        joint = results["joint"]
+        for r in joint["runs"]:
+            rows.append(
+                _row(
+                    results,
+                    seed,
+                    "joint",
+                    r["strategy"],
+                    setting={"budget": r["budget"]},
+                    recipe=_recipe(joint["joint"], joint),
+                    fingerprint=fingerprints["joint"],
+                    accuracy=r["accuracy_after"],
+                    accuracy_before_finetune=r["accuracy_before"],
+                    nonzero_params=r["nonzero_params"],
+                    size_bytes=int(r["bytes"]),
                 )
             )
     return rows

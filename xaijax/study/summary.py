@@ -13,7 +13,12 @@ from xaijax import statistics
 from xaijax.study.rows import STAGES
 
 #: The DeepLIFT-guided method of each stage.
-DEEPLIFT_METHOD = {"prune": "deeplift", "share": "deeplift", "quantize": "deeplift_sensitivity"}
+DEEPLIFT_METHOD = {
+    "prune": "deeplift",
+    "share": "deeplift",
+    "quantize": "deeplift_sensitivity",
+    "joint": "joint_deeplift",
+}
 #: Row fields summarized as mean ± std, and those compared between methods (higher is better).
 MEASURES = (
     "accuracy",

@@ -24,6 +24,7 @@ LABELS = {
     "prune": {"accuracy": "accuracy (fine-tuned)", "accuracy_before_finetune": "accuracy (pruned)"},
     "share": {"accuracy": "accuracy (fine-tuned)", "accuracy_before_finetune": "accuracy (shared)"},
     "quantize": {"accuracy": "QAT accuracy", "accuracy_before_finetune": "PTQ accuracy"},
+    "joint": {"accuracy": "QAT accuracy", "accuracy_before_finetune": "accuracy (masked, PTQ)"},
 }
 COLUMN_LABELS = {
     "params": "params",

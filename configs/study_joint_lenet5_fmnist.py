@@ -1,0 +1,28 @@
+"""Joint pruning and bit allocation under one byte budget, over the LeNet-5 / Fashion-MNIST
+study's seeds (``scripts/study.py``; ``xaijax.experiments.joint``).
+
+The study's baselines (``configs/study_lenet5_fmnist.py``; copy each seed's ``baseline`` and
+``explain`` stage into the new workdir to reuse them) and only the ``joint`` stage: at 4% and 8%
+of the float32 model's bytes, DeepLIFT damage and Hessian damage solved exactly, against one
+uniform level and width for every layer, each fine-tuned with QAT for 1 epoch.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    path = Path(__file__).with_name("study_lenet5_fmnist.py")
+    spec = importlib.util.spec_from_file_location("study_lenet5_fmnist", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.compress.stages = ("joint",)
+    config.compress.export_artifact = False
+    config.compress.explain_consistency = False
+    config.joint = ml_collections.ConfigDict(
+        {"budgets": (0.04, 0.08), "finetune_epochs": 1, "seed": 0}
+    )
+    return config
