@@ -10,7 +10,10 @@
   file and ``os.replace``; on an object store one upload), so a reader never sees a half-written
   file.
 
-Paths may be local or object-store URLs (``gs://bucket/run``): orbax takes ``epath`` paths.
+Paths may be local or object-store URLs (``gs://bucket/run``). Train-state checkpoints go to
+``gs://`` through orbax (``epath`` for its files, tensorstore's own GCS driver for the arrays);
+saved variables go there through :mod:`xaijax.paths` (an orbax copy written locally, then
+uploaded), so they need only epath's backend for the scheme.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -25,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization
+from jax.experimental import multihost_utils
 
 from xaijax import paths
 
@@ -91,30 +96,80 @@ def restore_train_state(manager: ocp.CheckpointManager, state: Any, step: int | 
     )
 
 
+# What orbax writes last into a saved tree; uploaded last to an object store, so a copy there
+# without it is unfinished.
+_COMPLETE = "_CHECKPOINT_METADATA"
+
+
+def _checkpointer(*, alone: bool = False) -> ocp.StandardCheckpointer:
+    """An orbax checkpointer: for all processes together, or (``alone``) for this process only,
+    with no barriers, for a local staging folder that only this process sees."""
+    if not alone:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"xaijax_alone_{me}"
+    )
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
+
+
+def _save(path: epath.Path, variables: Any, checkpointer: ocp.StandardCheckpointer) -> None:
+    try:
+        checkpointer.save(path, variables, force=True)
+        checkpointer.wait_until_finished()
+    finally:
+        checkpointer.close()
+
+
+def _restore(path: epath.Path, checkpointer: ocp.StandardCheckpointer) -> Any:
+    try:
+        return jax.tree.map(np.asarray, checkpointer.restore(path))
+    finally:
+        checkpointer.close()
+
+
 def save_variables(path: str | os.PathLike, variables: Any) -> None:
     """Save a variables pytree (e.g. ``{'params': ..., 'batch_stats': ...}``) to ``path``,
     replacing what is there; blocks until written. Every process of a multi-process run must call
-    it (orbax coordinates the write); arrays are fetched to the host first."""
+    it; arrays are fetched to the host first.
+
+    Locally orbax writes ``path`` (coordinating the processes). On an object store
+    (``gs://bucket/...``) process 0 has orbax write a local copy and uploads it through
+    :func:`xaijax.paths.copy_tree` after deleting what was there, ``_CHECKPOINT_METADATA`` last
+    (not atomic: a copy without it is unfinished and :func:`load_variables` refuses it); the
+    other processes wait for the upload."""
     path = checked_path(path)
     variables = jax.device_get(variables)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, variables, force=True)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    if paths.is_local(path):
+        _save(path, variables, _checkpointer())
+        return
+    if jax.process_index() == 0:
+        with tempfile.TemporaryDirectory(prefix="xaijax-variables-") as staging:
+            local = epath.Path(staging) / "variables"
+            _save(local, variables, _checkpointer(alone=True))
+            paths.remove(path)
+            paths.copy_tree(local, path, last=(_COMPLETE,))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"xaijax.save_variables {path}")
 
 
 def load_variables(path: str | os.PathLike) -> Any:
-    """The variables pytree saved by :func:`save_variables`, as numpy arrays."""
+    """The variables pytree saved by :func:`save_variables`, as numpy arrays (from an object
+    store: downloaded to a local temporary folder first)."""
     path = paths.as_path(path)
     path = path.absolute() if paths.is_local(path) else path
     if not path.is_dir():
         raise FileNotFoundError(f"no saved variables at {path}")
-    checkpointer = ocp.StandardCheckpointer()
-    try:
-        restored = checkpointer.restore(path)
-    finally:
-        checkpointer.close()
-    return jax.tree.map(np.asarray, restored)
+    if paths.is_local(path):
+        return _restore(path, _checkpointer())
+    if not (path / _COMPLETE).exists():
+        raise FileNotFoundError(
+            f"unfinished saved variables at {path} ({_COMPLETE} missing): save them again"
+        )
+    with tempfile.TemporaryDirectory(prefix="xaijax-variables-") as staging:
+        local = epath.Path(staging) / "variables"
+        paths.copy_tree(path, local)
+        return _restore(local, _checkpointer(alone=True))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -15,11 +15,15 @@ What is atomic:
   (atomic). On an object store a "directory" is a set of objects and cannot be renamed atomically:
   :func:`copy_tree` uploads file by file, with the files named in ``last`` (a completion marker)
   after all others, so a copy without its marker is unfinished.
+* Growing files (``metrics.jsonl``, TensorBoard event files): object stores cannot append, so
+  :class:`LocalMirror` grows them in a local folder and uploads each changed file whole on
+  :meth:`LocalMirror.sync`; every upload replaces the object with a complete, newer version.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import shutil
 import tempfile
@@ -122,3 +126,58 @@ def copy_tree(source: PathLike, destination: PathLike, *, last: Sequence[str] = 
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(file.read_bytes())
     return destination
+
+
+class LocalMirror:
+    """A local folder, :attr:`local`, whose files are copied to ``destination`` on :meth:`sync`.
+
+    For a local ``destination`` the folder is ``destination`` itself and :meth:`sync` does
+    nothing. For an object store it is a temporary local folder: :meth:`sync` uploads every file
+    whose size or modification time changed since the last sync, each as one whole object (a
+    reader sees an older or a newer complete file, never a part), and :meth:`close` syncs and
+    deletes the local copy. The files named in ``download`` (paths relative to ``destination``)
+    are fetched first when they exist there, so appending to them continues the earlier run's.
+    """
+
+    def __init__(self, destination: PathLike, *, download: Sequence[str] = ()):
+        self.destination = as_path(destination)
+        self._remote = not is_local(self.destination)
+        self._synced: dict[str, tuple[int, int]] = {}
+        self.destination.mkdir(parents=True, exist_ok=True)
+        if not self._remote:
+            self.local = pathlib.Path(self.destination)
+            return
+        self.local = pathlib.Path(tempfile.mkdtemp(prefix="xaijax-mirror-"))
+        for name in download:
+            source = self.destination / name
+            if source.is_file():
+                target = self.local / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(source.read_bytes())
+                self._synced[name] = _signature(target)
+
+    def sync(self) -> list[epath.Path]:
+        """Upload the files changed since the last sync; returns where they went."""
+        if not self._remote:
+            return []
+        uploaded = []
+        for file in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            name = file.relative_to(self.local).as_posix()
+            signature = _signature(file)
+            if self._synced.get(name) != signature:
+                uploaded.append(write_bytes_atomic(self.destination / name, file.read_bytes()))
+                self._synced[name] = signature
+        return uploaded
+
+    def close(self) -> None:
+        """Sync, then delete the local copy of a remote destination."""
+        if self._remote and self.local.exists():
+            try:
+                self.sync()
+            finally:
+                shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _signature(file: pathlib.Path) -> tuple[int, int]:
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns

@@ -16,13 +16,19 @@ This module imports nothing from ``xaijax`` (only the standard library, numpy an
 be copied beside an artifact or loaded by file path. :func:`load` checks the manifest, both
 checksums, and that the weights and the program agree with the manifest, raising
 :class:`ArtifactError` naming what is wrong.
+
+An artifact may lie on a local disk or in an object store (``gs://bucket/run/artifact``): URL
+paths are read through ``etils.epath`` (with its backend for the scheme), imported only for them.
+Each file is read once, whole, and checked and parsed from memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,14 +55,27 @@ REQUIRED_FIELDS = {
 }
 
 
+# A URL such as gs://bucket/x (xaijax.paths has the same test; this module imports no xaijax).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 class ArtifactError(ValueError):
     """The artifact is missing, corrupt, or its parts do not match each other."""
+
+
+def _as_path(path: str | os.PathLike) -> Any:
+    """``path`` as a ``pathlib.Path``, or for a URL (``gs://...``) as an ``etils.epath.Path``."""
+    if _URL.match(os.fspath(path)) is None:
+        return Path(path)
+    from etils import epath  # Only URLs need it.
+
+    return epath.Path(path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _as_path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -64,7 +83,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the artifact directory ``path``, its fields and version checked."""
-    file = Path(path) / MANIFEST
+    file = _as_path(path) / MANIFEST
     if not file.is_file():
         raise ArtifactError(f"{path} is not an artifact: {MANIFEST} is missing")
     try:
@@ -95,29 +114,29 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def _checked_file(root: Path, manifest: Mapping[str, Any], name: str) -> Path:
-    """The file ``files[name]`` of the artifact, its size and sha256 checked."""
+def _checked_file(root: Any, manifest: Mapping[str, Any], name: str) -> tuple[Any, bytes]:
+    """The path and bytes of the file ``files[name]`` of the artifact, size and sha256 checked."""
     entry = manifest["files"][name]
     file = root / entry["name"]
     if Path(entry["name"]).name != entry["name"] or not file.is_file():
         raise ArtifactError(f"artifact {root}: the {name} file {entry['name']!r} is missing")
-    size = file.stat().st_size
-    if size != entry["bytes"]:
+    content = file.read_bytes()
+    if len(content) != entry["bytes"]:
         raise ArtifactError(
-            f"artifact {root}: the {name} file {file.name} has {size} bytes, the manifest "
-            f"says {entry['bytes']} (corrupt or replaced)"
+            f"artifact {root}: the {name} file {file.name} has {len(content)} bytes, the "
+            f"manifest says {entry['bytes']} (corrupt or replaced)"
         )
-    if sha256_file(file) != entry["sha256"]:
+    if hashlib.sha256(content).hexdigest() != entry["sha256"]:
         raise ArtifactError(
             f"artifact {root}: checksum mismatch for the {name} file {file.name} "
             "(corrupt or replaced)"
         )
-    return file
+    return file, content
 
 
-def _read_weights(file: Path, expected: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _read_weights(file: Any, content: bytes, expected: Mapping[str, Any]) -> dict[str, np.ndarray]:
     try:
-        with np.load(file, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(content), allow_pickle=False) as npz:
             weights = {name: npz[name] for name in npz.files}
     except (OSError, ValueError) as error:
         raise ArtifactError(f"corrupt weights file {file}: {error}") from error
@@ -135,15 +154,15 @@ def _read_weights(file: Path, expected: Mapping[str, Any]) -> dict[str, np.ndarr
     return weights
 
 
-def _read_program(file: Path) -> export.Exported:
+def _read_program(file: Any, content: bytes) -> export.Exported:
     try:
-        return export.deserialize(bytearray(file.read_bytes()))
+        return export.deserialize(bytearray(content))
     except Exception as error:  # The deserializer raises many kinds on bad bytes.
         raise ArtifactError(f"cannot deserialize the program {file}: {error}") from error
 
 
 def _check_program(
-    root: Path, program: export.Exported, weights: Mapping[str, np.ndarray], manifest: Mapping
+    root: Any, program: export.Exported, weights: Mapping[str, np.ndarray], manifest: Mapping
 ) -> None:
     """The program takes ``(weights, images[b, *input_shape])`` and runs on this backend."""
     dtype = manifest["input"].get("dtype", "float32")
@@ -175,7 +194,7 @@ def _check_program(
 class Artifact:
     """A loaded artifact: ``predict(images)`` gives logits, ``classify(images)`` class indices."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], program: export.Exported, weights):
+    def __init__(self, path: Any, manifest: dict[str, Any], program: export.Exported, weights):
         self.path = path
         self.manifest = manifest
         self.program = program
@@ -223,9 +242,9 @@ class Artifact:
 
 def load(path: str | os.PathLike) -> Artifact:
     """The artifact in directory ``path``, every part checked (module docstring)."""
-    root = Path(path)
+    root = _as_path(path)
     manifest = read_manifest(root)
-    weights = _read_weights(_checked_file(root, manifest, "weights"), manifest["weights"])
-    program = _read_program(_checked_file(root, manifest, "program"))
+    weights = _read_weights(*_checked_file(root, manifest, "weights"), manifest["weights"])
+    program = _read_program(*_checked_file(root, manifest, "program"))
     _check_program(root, program, weights, manifest)
     return Artifact(root, manifest, program, weights)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from xaijax import paths
 from xaijax.checkpoint import load_variables, save_variables
 from xaijax.quantization.numerics import check_bits, quant_bound, quantize_kernel
 
@@ -107,12 +107,13 @@ def dequantize(exported: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def directory_size(path: str | os.PathLike) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of all files under the directory ``path`` (local or ``gs://``)."""
+    return sum(paths.size(file) for file in paths.files_under(path))
 
 
 def save_integer_model(path: str | os.PathLike, exported: Mapping[str, Any]) -> int:
-    """Save the exported tree with orbax at ``path`` (replacing it); returns its size on disk."""
+    """Save the exported tree with orbax at ``path`` (replacing it; local or ``gs://``, as
+    :func:`xaijax.checkpoint.save_variables`); returns its size on disk."""
     save_variables(path, dict(exported))
     return directory_size(path)
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 
-from xaijax import config_utils, data
+from xaijax import config_utils, data, paths
 from xaijax.sharding import initialize_distributed, local_batch_size, make_mesh
 from xaijax.training.evaluation import evaluate
 from xaijax.training.loop import fit
@@ -52,7 +51,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path
+    config: ml_collections.ConfigDict, workdir: paths.PathLike
 ) -> tuple[TrainState, dict[str, Any]]:
     """Validate ``config``, train (resuming from ``workdir`` if possible), evaluate on the test
     split. Returns the state and a results dict (test accuracy/loss, parameters, FLOPs per

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from xaijax import checkpoint, data
+from xaijax import checkpoint, data, paths
 from xaijax.sharding import local_batch_size, make_mesh, replicate, shard_batches
 from xaijax.training.distill import Teacher
 from xaijax.training.evaluation import _finish_eval, _stage_eval
@@ -29,7 +28,7 @@ def fit(
     train_ds: data.Dataset,
     eval_ds: data.Dataset | None,
     *,
-    workdir: str | Path,
+    workdir: paths.PathLike,
     epochs: int,
     batch_size: int,
     seed: int = 0,
@@ -56,6 +55,10 @@ def fit(
     TensorBoard: train means every ``log_every_steps`` steps, eval accuracy/loss on ``eval_ds``
     every ``eval_every_epochs`` epochs and after the last. Returns the final state and the eval
     records of this call.
+
+    ``workdir`` may be local or an object-store URL (``gs://bucket/run``): the metrics go through
+    :class:`~xaijax.training.metrics.MetricWriter` (uploaded whole, see there), the checkpoints
+    through orbax, whose array data reach ``gs://`` by tensorstore's own GCS driver.
 
     ``teacher`` (``xaijax.training.distill.make_teacher``): train on the distillation loss
     against it instead of the plain cross-entropy (it is not checkpointed: a resumed run must be
@@ -85,7 +88,7 @@ def fit(
         )
     total_steps = epochs * steps_per_epoch
 
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     manager = checkpoint.checkpoint_manager(workdir / "checkpoints", keep=keep)
     state = replicate(state, mesh, copy=True)  # The steps donate it; the caller keeps theirs.
     if manager.latest_step() is not None:

@@ -5,32 +5,52 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 
-from xaijax import checkpoint
+from xaijax import checkpoint, paths
 
 logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
     """Appends one JSON object per record to ``workdir/metrics.jsonl`` and mirrors the numbers
-    to TensorBoard (``workdir/tensorboard``, via tensorboardX) under ``<kind>/<name>``."""
+    to TensorBoard (``workdir/tensorboard``, via tensorboardX) under ``<kind>/<name>``.
 
-    def __init__(self, workdir: str | Path, *, enabled: bool = True):
+    ``workdir`` may be local or an object store (``gs://bucket/run``, through
+    :class:`xaijax.paths.LocalMirror`): object stores cannot append, so both files grow in a local
+    folder and are uploaded whole at most every ``upload_every_s`` seconds and on :meth:`close`
+    (an earlier ``metrics.jsonl`` there is continued, as locally).
+    """
+
+    def __init__(
+        self, workdir: paths.PathLike, *, enabled: bool = True, upload_every_s: float = 30.0
+    ):
+        if upload_every_s < 0:
+            raise ValueError(f"upload_every_s must be >= 0, got {upload_every_s}")
         self.enabled = enabled
+        self._upload_every_s = upload_every_s
         self._jsonl = None
         self._tensorboard = None
+        self._mirror = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            workdir = Path(workdir)
-            workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-            self._tensorboard = SummaryWriter(logdir=str(workdir / "tensorboard"))
+            self._mirror = paths.LocalMirror(workdir, download=(METRICS_FILE,))
+            self._uploaded_at = time.monotonic()
+            local = self._mirror.local
+            self._jsonl = open(local / METRICS_FILE, "a")  # noqa: SIM115 - closed in close()
+            # A suffix of its own: tensorboardX names event files by the second and host, and a
+            # resumed run started within the same second would overwrite the earlier file.
+            self._tensorboard = SummaryWriter(
+                logdir=str(local / "tensorboard"), filename_suffix=f".{uuid.uuid4().hex[:8]}"
+            )
 
     def write(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -42,11 +62,15 @@ class MetricWriter:
             if name not in ("kind", "step") and isinstance(value, int | float):
                 self._tensorboard.add_scalar(f"{kind}/{name}", value, record["step"])
         self._tensorboard.flush()
+        if time.monotonic() - self._uploaded_at >= self._upload_every_s:
+            self._mirror.sync()
+            self._uploaded_at = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
             self._tensorboard.close()
+            self._mirror.close()
 
 
 def json_line(record: Mapping[str, Any]) -> str:
