@@ -27,32 +27,32 @@ is not in the default ``config.compress.stages``; list it to run it.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, pruning, report, training
-from xaijax.experiments import common, recipe, stage
+from xaijax.experiments import common, qat, recipe, stage
+from xaijax.experiments.joint_plans import (
+    STRATEGIES,
+    allocate,
+    allocation_key,
+    plan,
+    scores,
+)
 from xaijax.quantization import (
     SUPPORTED_BITS,
-    get_backend,
-    hutchinson_traces,
     joint,
-    joint_damage,
     quantized_model,
 )
 
-STRATEGIES = ("joint_deeplift", "joint_hessian", "uniform")
 BUDGET_UNITS = ("fraction", "bytes")
 STARTING_POINT_FIELDS = ("variables",)
 SUMMARY_COLUMNS = ("strategy", "budget", "kib", "accuracy_before", "accuracy_after")
@@ -132,89 +132,7 @@ def validate(j: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.joint.importance_reference must be one of {importance.REFERENCES}"
         )
-    try:
-        backend = get_backend(j.backend)
-        for kind in ("conv", "dense"):
-            for bits in j.bit_choices:
-                backend.layer_kwargs(kind, bits, None)
-    except ValueError as error:
-        raise ValueError(f"config.joint.backend={j.backend!r}: {error}") from error
-
-
-def learning_rate(config: ml_collections.ConfigDict, j: ml_collections.ConfigDict) -> float:
-    """``j.finetune_learning_rate``, default a tenth of the config's learning rate."""
-    return j.finetune_learning_rate or float(config.optimizer.learning_rate) / 10
-
-
-def scores(
-    j: ml_collections.ConfigDict,
-    model: nn.Module,
-    variables: Mapping[str, Any],
-    train: data.Dataset,
-    names: list[str],
-) -> dict[str, Any]:
-    """What the listed strategies' tables need, and its wall time: DeepLIFT weight scores
-    (``joint_deeplift``), Hutchinson traces of the kernels' Hessian blocks (``joint_hessian``)."""
-    found: dict[str, Any] = {"seconds": {}}
-    started = time.perf_counter()
-    if "joint_deeplift" in j.strategies:
-        found["deeplift"] = jax.device_get(
-            importance.score(
-                "deeplift",
-                model,
-                variables,
-                train,
-                granularity="weight",
-                batch_size=j.importance_batch_size,
-                num_examples=min(j.importance_examples, train.num_examples),
-                target=j.importance_target,
-                reference=j.importance_reference,
-                seed=j.seed,
-            )
-        )
-        found["seconds"]["deeplift"] = time.perf_counter() - started
-    if "joint_hessian" in j.strategies:
-        count = min(j.hessian_examples, train.num_examples)
-        images, labels = jnp.asarray(train.images[:count]), jnp.asarray(train.labels[:count])
-        others = {k: v for k, v in variables.items() if k != "params"}
-
-        def loss_fn(params: Any) -> jax.Array:
-            logits = model.apply({"params": params, **others}, images, train=False)
-            return jnp.mean(training.cross_entropy(logits, labels))
-
-        started = time.perf_counter()
-        key = jax.random.key(j.seed)
-        found["traces"] = hutchinson_traces(
-            loss_fn, variables["params"], names, key, j.hessian_samples
-        )
-        found["seconds"]["hessian"] = time.perf_counter() - started
-    return found
-
-
-def plan(
-    strategy: str,
-    j: ml_collections.ConfigDict,
-    params: Mapping[str, Any],
-    geometry: Mapping[str, joint.LayerGeometry],
-    inputs: Mapping[str, Any],
-) -> tuple[joint.JointTable | None, Any, Any]:
-    """``(damage table or None for uniform, unit scores, weight scores)`` of ``strategy``."""
-    levels, widths = tuple(j.levels), tuple(j.bit_choices)
-    if strategy == "joint_deeplift":
-        weights = inputs["deeplift"]
-        damage = joint_damage.deeplift_damage(params, geometry, weights, levels, widths)
-        return damage, joint_damage.filter_scores(weights), weights
-    if strategy == "joint_hessian":
-        units, weights = joint_damage.hessian_scores(params, geometry, inputs["traces"])
-        damage = joint_damage.hessian_damage(params, geometry, inputs["traces"], levels, widths)
-        return damage, units, weights
-    return (None, *joint_damage.magnitude_scores(params, geometry))
-
-
-def allocation_key(strategy: str, allocation: Mapping[str, joint.Choice]) -> str:
-    """``<strategy>_<percent pruned>x<bits>_...`` in layer order."""
-    parts = (f"{round(100 * c.level)}x{c.bits}" for c in allocation.values())
-    return f"{strategy}_" + "_".join(parts)
+    qat.check_backend(j, "joint")
 
 
 def allocation_fingerprint(
@@ -225,24 +143,18 @@ def allocation_fingerprint(
     bits: dict[str, int],
     mask: Any,
 ) -> provenance.Fingerprint:
-    """What determines one allocation's evaluations and fine-tuning: the model, the digest of
-    its starting variables, the widths, the digest of the mask, the backend and the fine-tuning
-    settings."""
-    return provenance.fingerprint(
-        unit="joint",
-        model=provenance.model_identity(model),
-        start=start_digest,
-        data=config.data,
-        bits=bits,
+    """What determines one allocation's evaluations and fine-tuning
+    (``qat.allocation_fingerprint``): besides the widths, the digest of the mask and the
+    backend."""
+    return qat.allocation_fingerprint(
+        "joint",
+        config,
+        j,
+        model,
+        start_digest,
+        bits,
         mask=provenance.variables_digest(mask),
         backend=j.backend,
-        finetune=common.finetune_settings(
-            config,
-            epochs=j.finetune_epochs,
-            learning_rate=learning_rate(config, j),
-            batch_size=j.finetune_batch_size,
-            schedule="cosine",
-        ),
     )
 
 
@@ -255,54 +167,47 @@ def run_one(
     masked: Mapping[str, Any],
     mask: Any,
     bits: dict[str, int],
-    unit_dir: Path,
+    unit_dir: epath.Path,
     unit: provenance.Fingerprint,
 ) -> dict[str, Any]:
     """Evaluate, fine-tune (QAT with the mask kept) and evaluate one allocation in ``unit_dir``
     (claimed for ``unit`` by the caller; a finished one is read back)."""
-    done = unit_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    timer = common.Timer()
     qmodel = quantized_model(model, bits, backend=j.backend)
     eval_batch = config.train.eval_batch_size
-    with timer.phase("evaluate_before"):
-        before = common.evaluate_test(qmodel, masked, splits, eval_batch)
-    with timer.phase("qat"):
-        tuned = common.finetune(
-            config,
-            qmodel,
-            splits,
-            masked,
-            workdir=unit_dir / "finetune",
-            unit=unit,
-            epochs=j.finetune_epochs,
-            learning_rate=learning_rate(config, j),
-            batch_size=j.finetune_batch_size,
-            schedule="cosine",
-            mask=mask,
-            teacher=(model, variables),
+
+    def compute(timer: common.Timer) -> dict[str, Any]:
+        with timer.phase("evaluate_before"):
+            before = common.evaluate_test(qmodel, masked, splits, eval_batch)
+        with timer.phase("qat"):
+            tuned = qat.finetune(
+                config,
+                j,
+                qmodel,
+                splits,
+                masked,
+                workdir=unit_dir / "finetune",
+                unit=unit,
+                mask=mask,
+                teacher=(model, variables),
+            )
+            after = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+        leaked = jax.tree.map(
+            lambda p, m: float(np.max(np.abs(np.asarray(p) * (1 - np.asarray(m))), initial=0.0)),
+            tuned["params"],
+            mask,
         )
-        after = common.evaluate_test(qmodel, tuned, splits, eval_batch)
-    leaked = jax.tree.map(
-        lambda p, m: float(np.max(np.abs(np.asarray(p) * (1 - np.asarray(m))), initial=0.0)),
-        tuned["params"],
-        mask,
-    )
-    result = {
-        "accuracy_before": before["accuracy"],
-        "loss_before": before["loss"],
-        "accuracy_after": after["accuracy"],
-        "loss_after": after["loss"],
-        "max_abs_masked_after": max(jax.tree.leaves(leaked), default=0.0),
-        "seconds": timer.seconds,
-    }
-    result = provenance.stamp(result, unit)
-    checkpoint.write_json_atomic(done, result)
-    return result
+        return {
+            "accuracy_before": before["accuracy"],
+            "loss_before": before["loss"],
+            "accuracy_after": after["accuracy"],
+            "loss_after": after["loss"],
+            "max_abs_masked_after": max(jax.tree.leaves(leaked), default=0.0),
+        }
+
+    return qat.cached_result(unit_dir, unit, compute)
 
 
-def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
+def write_outputs(workdir: epath.Path, results: dict[str, Any]) -> None:
     """``results.json`` (atomic) and, once there are runs, the table and the two figures."""
     checkpoint.write_json_atomic(workdir / "results.json", results)
     runs = results["runs"]
@@ -329,16 +234,11 @@ def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
     )
     report.write_text_atomic(workdir / "results.md", header + report.markdown_table(rows))
     for phase in ("before", "after"):
-        series = {}
-        for strategy in dict.fromkeys(r["strategy"] for r in runs):
-            mine = [r for r in runs if r["strategy"] == strategy]
-            series[strategy] = (
-                [r["bytes"] / 1024 for r in mine],
-                [r[f"accuracy_{phase}"] for r in mine],
-            )
-        report.line_plot(
+        qat.plot_by_strategy(
             workdir / f"accuracy_vs_bytes_{phase}.png",
-            series,
+            runs,
+            x=lambda r: r["bytes"] / 1024,
+            y=f"accuracy_{phase}",
             xlabel="model size (KiB: kept kernels at their widths, presence bits, float32 rest)",
             ylabel=f"test accuracy ({phase} fine-tuning)",
             title=f"Joint pruning + bits, {phase} fine-tuning; float {float_row['accuracy']:.4f}",
@@ -347,7 +247,7 @@ def write_outputs(workdir: Path, results: dict[str, Any]) -> None:
 
 def run(
     config: ml_collections.ConfigDict,
-    workdir: str | Path,
+    workdir: epath.PathLike,
     *,
     model: nn.Module | None = None,
     variables: Mapping[str, Any] | None = None,
@@ -360,7 +260,7 @@ def run(
     """
     j = common.section(config, "joint", defaults(), validate)
     finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = common.starting_point(
         config, model, variables, saved=j.variables, trained_workdir=workdir / "float"
@@ -389,35 +289,35 @@ def run(
     plans = {strategy: plan(strategy, j, params, geometry, inputs) for strategy in j.strategies}
     for budget in j.budgets:
         budget_bytes = float(budget) * (float_bytes if j.budget_unit == "fraction" else 1.0)
-        capacity = joint.capacity_bits(budget_bytes, fixed)
         for strategy in j.strategies:
-            damage, units, weights = plans[strategy]
-            if damage is None:
-                allocation = joint.uniform_joint(
-                    geometry, costs, capacity, tuple(j.levels), tuple(j.bit_choices)
-                )
-            else:
-                allocation = joint.solve_joint(costs, damage, capacity)
-            unit_masks, weight_masks = joint.choice_masks(
-                specs, geometry, allocation, units, weights
+            found = allocate(
+                strategy,
+                plans[strategy],
+                budget_bytes,
+                j=j,
+                specs=specs,
+                variables=variables,
+                geometry=geometry,
+                costs=costs,
+                fixed=fixed,
             )
-            bits = {name: c.bits for name, c in allocation.items()}
-            size = joint.size_bits(specs, params, bits, unit_masks, weight_masks)
-            bound = fixed + joint.allocation_cost_bits(costs, allocation)
-            if not size["total"] <= bound <= 8 * budget_bytes:
-                raise RuntimeError(
-                    f"{strategy} at {budget_bytes:g} bytes: measured {size['total']} bits, bound "
-                    f"{bound} bits; both must be within the budget"
-                )
-            mask = pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks)
-            masked = pruning.mask_variables(specs, variables, unit_masks, weight_masks=weight_masks)
-            key = allocation_key(strategy, allocation)
-            unit = allocation_fingerprint(config, j, model, start, bits, mask)
+            key = allocation_key(strategy, found.choices)
+            unit = allocation_fingerprint(config, j, model, start, found.bits, found.mask)
             unit_dir = workdir / "allocations" / key
             provenance.claim(unit_dir, unit, what=f"the allocation {key}", policy=policy)
             outcome = run_one(
-                config, j, model, variables, splits, masked, mask, bits, unit_dir, unit
+                config,
+                j,
+                model,
+                variables,
+                splits,
+                found.masked,
+                found.mask,
+                found.bits,
+                unit_dir,
+                unit,
             )
+            size = found.size
             results["runs"].append(
                 {
                     "strategy": strategy,
@@ -425,13 +325,11 @@ def run(
                     "budget_bytes": budget_bytes,
                     "bytes": size["total"] / 8,
                     "kib": size["total"] / 8192,
-                    "bytes_bound": bound / 8,
+                    "bytes_bound": found.bound / 8,
                     "size_bits": size,
-                    "predicted_damage": None
-                    if damage is None
-                    else sum(damage[n][c] for n, c in allocation.items()),
-                    "allocation": {n: c._asdict() for n, c in allocation.items()},
-                    "nonzero_params": pruning.nonzero_count(masked["params"]),
+                    "predicted_damage": found.predicted_damage,
+                    "allocation": {n: c._asdict() for n, c in found.choices.items()},
+                    "nonzero_params": pruning.nonzero_count(found.masked["params"]),
                     "key": key,
                     **outcome,
                 }

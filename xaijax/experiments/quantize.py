@@ -23,7 +23,6 @@ model must score exactly as the fake-quantized one (weight-only quantization); a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -31,14 +30,13 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training
-from xaijax.experiments import common, recipe, stage
+from xaijax.experiments import common, qat, recipe, stage
 from xaijax.quantization import (
     STRATEGIES,
     SUPPORTED_BITS,
@@ -49,10 +47,8 @@ from xaijax.quantization import (
     dequantize,
     directory_size,
     export_integer_model,
-    get_backend,
     get_strategy,
     hessian_sensitivity,
-    hutchinson_traces,
     layer_importance,
     layer_sizes,
     model_size_bytes,
@@ -121,13 +117,7 @@ def validate(q: ml_collections.ConfigDict) -> None:
             )
     if q.finetune_learning_rate is not None and not q.finetune_learning_rate > 0:
         raise ValueError("config.quantize.finetune_learning_rate must be > 0")
-    try:  # an unknown name, or widths the backend cannot run (probed on both layer kinds)
-        backend = get_backend(q.backend)
-        for kind in ("conv", "dense"):
-            for bits in q.bit_choices:
-                backend.layer_kwargs(kind, bits, q.activation_bits)
-    except ValueError as error:
-        raise ValueError(f"config.quantize.backend={q.backend!r}: {error}") from error
+    qat.check_backend(q, "quantize", q.activation_bits)
 
 
 def sensitivities(
@@ -154,17 +144,15 @@ def sensitivities(
     )
     deeplift_seconds = time.perf_counter() - started
 
-    count = min(q.hessian_examples, train_ds.num_examples)
-    images, labels = jnp.asarray(train_ds.images[:count]), jnp.asarray(train_ds.labels[:count])
-    others = {k: v for k, v in variables.items() if k != "params"}
-
-    def loss_fn(params):
-        logits = model.apply({"params": params, **others}, images, train=False)
-        return jnp.mean(training.cross_entropy(logits, labels))
-
     started = time.perf_counter()
-    traces = hutchinson_traces(
-        loss_fn, variables["params"], names, jax.random.key(q.seed), q.hessian_samples
+    traces = qat.hessian_traces(
+        model,
+        variables,
+        train_ds,
+        names,
+        num_examples=q.hessian_examples,
+        samples=q.hessian_samples,
+        seed=q.seed,
     )
     hessian_seconds = time.perf_counter() - started
     return {
@@ -185,9 +173,8 @@ def allocation_key(bits: dict[str, int], activation_bits: int | None) -> str:
     return key if activation_bits is None else f"{key}_a{activation_bits}"
 
 
-def qat_learning_rate(config: ml_collections.ConfigDict, q: ml_collections.ConfigDict) -> float:
-    """``q.finetune_learning_rate``, default a tenth of the config's learning rate."""
-    return q.finetune_learning_rate or float(config.optimizer.learning_rate) / 10
+#: QAT's learning rate under ``config.quantize`` (``xaijax.experiments.qat.learning_rate``).
+qat_learning_rate = qat.learning_rate
 
 
 def allocation_fingerprint(
@@ -197,25 +184,19 @@ def allocation_fingerprint(
     start_digest: str,
     bits: dict[str, int],
 ) -> provenance.Fingerprint:
-    """What determines one allocation's PTQ, QAT and export: the model, the digest of the
-    variables it starts from, the bits, activation bits, backend, fine-tuning settings and
+    """What determines one allocation's PTQ, QAT and export (``qat.allocation_fingerprint``):
+    besides the bits, the activation bits, backend (left out at its neutral ``"aqt"``) and
     packing."""
-    return provenance.fingerprint(
-        unit="quantize",
-        model=provenance.model_identity(model),
-        start=start_digest,
-        data=config.data,
-        bits=bits,
+    return qat.allocation_fingerprint(
+        "quantize",
+        config,
+        q,
+        model,
+        start_digest,
+        bits,
         activation_bits=q.activation_bits,
         **common.plain({"backend": q.backend}, neutral=NEUTRAL_FIELDS),
         pack_export=q.pack_export,
-        finetune=common.finetune_settings(
-            config,
-            epochs=q.finetune_epochs,
-            learning_rate=qat_learning_rate(config, q),
-            batch_size=q.finetune_batch_size,
-            schedule="cosine",
-        ),
     )
 
 
@@ -232,52 +213,45 @@ def run_one(
     """PTQ, QAT, export and the integer-model check for one allocation, in ``unit_dir`` (claimed
     for ``unit`` by the caller; a finished allocation is read back, not recomputed)."""
     key = allocation_key(bits, q.activation_bits)
-    done = unit_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    timer = common.Timer()
     qmodel = quantized_model(model, bits, activation_bits=q.activation_bits, backend=q.backend)
     eval_batch = config.train.eval_batch_size
-    with timer.phase("ptq"):
-        ptq = common.evaluate_test(qmodel, variables, splits, eval_batch)
-    with timer.phase("qat"):
-        tuned = common.finetune(
-            config,
-            qmodel,
-            splits,
-            variables,
-            workdir=unit_dir / "finetune",
-            unit=unit,
-            epochs=q.finetune_epochs,
-            learning_rate=qat_learning_rate(config, q),
-            batch_size=q.finetune_batch_size,
-            schedule="cosine",
-            mask=common.zero_mask(variables["params"]),
-            teacher=(model, variables),
-        )
-        qat = common.evaluate_test(qmodel, tuned, splits, eval_batch)
-    with timer.phase("export"):
-        exported = export_integer_model(tuned, bits, pack=q.pack_export)
-        disk_bytes = save_integer_model(unit_dir / "export", exported)
-        integer = common.evaluate_test(model, dequantize(exported), splits, eval_batch)
-    if q.activation_bits is None and integer["accuracy"] != qat["accuracy"]:
-        raise ExportMismatchError(
-            f"allocation {key}: the exported integer model scores {integer['accuracy']:.6f} but "
-            f"the fake-quantized model {qat['accuracy']:.6f}"
-        )
-    result = {
-        "ptq_accuracy": ptq["accuracy"],
-        "ptq_loss": ptq["loss"],
-        "qat_accuracy": qat["accuracy"],
-        "qat_loss": qat["loss"],
-        "integer_accuracy": integer["accuracy"],
-        "disk_bytes": disk_bytes,
-        "seconds": timer.seconds,
-        "allocation": key,
-    }
-    result = provenance.stamp(result, unit)
-    checkpoint.write_json_atomic(done, result)
-    return result
+
+    def compute(timer: common.Timer) -> dict[str, Any]:
+        with timer.phase("ptq"):
+            ptq = common.evaluate_test(qmodel, variables, splits, eval_batch)
+        with timer.phase("qat"):
+            tuned = qat.finetune(
+                config,
+                q,
+                qmodel,
+                splits,
+                variables,
+                workdir=unit_dir / "finetune",
+                unit=unit,
+                mask=common.zero_mask(variables["params"]),
+                teacher=(model, variables),
+            )
+            trained = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+        with timer.phase("export"):
+            exported = export_integer_model(tuned, bits, pack=q.pack_export)
+            disk_bytes = save_integer_model(unit_dir / "export", exported)
+            integer = common.evaluate_test(model, dequantize(exported), splits, eval_batch)
+        if q.activation_bits is None and integer["accuracy"] != trained["accuracy"]:
+            raise ExportMismatchError(
+                f"allocation {key}: the exported integer model scores {integer['accuracy']:.6f} "
+                f"but the fake-quantized model {trained['accuracy']:.6f}"
+            )
+        return {
+            "ptq_accuracy": ptq["accuracy"],
+            "ptq_loss": ptq["loss"],
+            "qat_accuracy": trained["accuracy"],
+            "qat_loss": trained["loss"],
+            "integer_accuracy": integer["accuracy"],
+            "disk_bytes": disk_bytes,
+            "allocation": key,
+        }
+
+    return qat.cached_result(unit_dir, unit, compute)
 
 
 def write_outputs(workdir: epath.Path, results: dict[str, Any]) -> None:
@@ -316,16 +290,11 @@ def write_outputs(workdir: epath.Path, results: dict[str, Any]) -> None:
             title=f"Bits per layer at {budget:g} average bits",
         )
     for phase in ("ptq", "qat"):
-        series = {}
-        for strategy in dict.fromkeys(r["strategy"] for r in runs):
-            mine = [r for r in runs if r["strategy"] == strategy]
-            series[strategy] = (
-                [r["size"]["total"] / 1024 for r in mine],
-                [r[f"{phase}_accuracy"] for r in mine],
-            )
-        report.line_plot(
+        qat.plot_by_strategy(
             workdir / f"accuracy_vs_size_{phase}.png",
-            series,
+            runs,
+            x=lambda r: r["size"]["total"] / 1024,
+            y=f"{phase}_accuracy",
             xlabel="model size (KiB: packed kernels + float32 scales and biases)",
             ylabel=f"test accuracy ({phase.upper()})",
             title=f"Accuracy vs size ({phase.upper()}); float: {float_row['accuracy']:.4f}",

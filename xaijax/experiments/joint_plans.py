@@ -1,0 +1,150 @@
+"""The plans of the joint stage's strategies: what each strategy scores, the damage table it
+solves, and the masks, widths and size of its allocation at one byte budget.
+
+* ``joint_deeplift``: DeepLIFT damage from weight scores (a filter's score: the sum over its
+  kernel slice), solved exactly;
+* ``joint_hessian``: Hessian-trace damage and saliency masks, solved exactly;
+* ``uniform``: one level and one width for every layer (the largest that fits), magnitude masks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from xaijax import data, importance, models, pruning
+from xaijax.experiments import qat
+from xaijax.quantization import joint, joint_damage
+
+STRATEGIES = ("joint_deeplift", "joint_hessian", "uniform")
+
+
+def scores(
+    j: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    train: data.Dataset,
+    names: list[str],
+) -> dict[str, Any]:
+    """What the listed strategies' tables need, and its wall time: DeepLIFT weight scores
+    (``joint_deeplift``), Hutchinson traces of the kernels' Hessian blocks (``joint_hessian``)."""
+    found: dict[str, Any] = {"seconds": {}}
+    started = time.perf_counter()
+    if "joint_deeplift" in j.strategies:
+        found["deeplift"] = jax.device_get(
+            importance.score(
+                "deeplift",
+                model,
+                variables,
+                train,
+                granularity="weight",
+                batch_size=j.importance_batch_size,
+                num_examples=min(j.importance_examples, train.num_examples),
+                target=j.importance_target,
+                reference=j.importance_reference,
+                seed=j.seed,
+            )
+        )
+        found["seconds"]["deeplift"] = time.perf_counter() - started
+    if "joint_hessian" in j.strategies:
+        started = time.perf_counter()
+        found["traces"] = qat.hessian_traces(
+            model,
+            variables,
+            train,
+            names,
+            num_examples=j.hessian_examples,
+            samples=j.hessian_samples,
+            seed=j.seed,
+        )
+        found["seconds"]["hessian"] = time.perf_counter() - started
+    return found
+
+
+def plan(
+    strategy: str,
+    j: ml_collections.ConfigDict,
+    params: Mapping[str, Any],
+    geometry: Mapping[str, joint.LayerGeometry],
+    inputs: Mapping[str, Any],
+) -> tuple[joint.JointTable | None, Any, Any]:
+    """``(damage table or None for uniform, unit scores, weight scores)`` of ``strategy``."""
+    levels, widths = tuple(j.levels), tuple(j.bit_choices)
+    if strategy == "joint_deeplift":
+        weights = inputs["deeplift"]
+        damage = joint_damage.deeplift_damage(params, geometry, weights, levels, widths)
+        return damage, joint_damage.filter_scores(weights), weights
+    if strategy == "joint_hessian":
+        units, weights = joint_damage.hessian_scores(params, geometry, inputs["traces"])
+        damage = joint_damage.hessian_damage(params, geometry, inputs["traces"], levels, widths)
+        return damage, units, weights
+    return (None, *joint_damage.magnitude_scores(params, geometry))
+
+
+def allocation_key(strategy: str, allocation: Mapping[str, joint.Choice]) -> str:
+    """``<strategy>_<percent pruned>x<bits>_...`` in layer order."""
+    parts = (f"{round(100 * c.level)}x{c.bits}" for c in allocation.values())
+    return f"{strategy}_" + "_".join(parts)
+
+
+class Allocation(NamedTuple):
+    """One strategy's allocation at one budget: the choice per layer, the widths, the measured
+    size (bits), the solver's bound (bits), the predicted damage (None for ``uniform``), the
+    parameter mask and the masked variables."""
+
+    choices: dict[str, joint.Choice]
+    bits: dict[str, int]
+    size: dict[str, Any]
+    bound: int
+    predicted_damage: float | None
+    mask: Any
+    masked: dict[str, Any]
+
+
+def allocate(
+    strategy: str,
+    planned: tuple[joint.JointTable | None, Any, Any],
+    budget_bytes: float,
+    *,
+    j: ml_collections.ConfigDict,
+    specs: Sequence[models.LayerSpec],
+    variables: Mapping[str, Any],
+    geometry: Mapping[str, joint.LayerGeometry],
+    costs: Any,
+    fixed: int,
+) -> Allocation:
+    """The allocation of ``strategy`` (its :func:`plan` ``planned``) within ``budget_bytes``:
+    solved exactly on the damage table, or uniform; ``RuntimeError`` unless the measured size
+    and the solver's bound are both within the budget."""
+    damage, units, weights = planned
+    params = variables["params"]
+    capacity = joint.capacity_bits(budget_bytes, fixed)
+    if damage is None:
+        choices = joint.uniform_joint(
+            geometry, costs, capacity, tuple(j.levels), tuple(j.bit_choices)
+        )
+    else:
+        choices = joint.solve_joint(costs, damage, capacity)
+    unit_masks, weight_masks = joint.choice_masks(specs, geometry, choices, units, weights)
+    bits = {name: c.bits for name, c in choices.items()}
+    size = joint.size_bits(specs, params, bits, unit_masks, weight_masks)
+    bound = fixed + joint.allocation_cost_bits(costs, choices)
+    if not size["total"] <= bound <= 8 * budget_bytes:
+        raise RuntimeError(
+            f"{strategy} at {budget_bytes:g} bytes: measured {size['total']} bits, bound "
+            f"{bound} bits; both must be within the budget"
+        )
+    return Allocation(
+        choices=dict(choices),
+        bits=bits,
+        size=size,
+        bound=bound,
+        predicted_damage=None if damage is None else sum(damage[n][c] for n, c in choices.items()),
+        mask=pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks),
+        masked=pruning.mask_variables(specs, variables, unit_masks, weight_masks=weight_masks),
+    )

@@ -1,0 +1,174 @@
+"""What the two quantization-aware stages (``quantize`` and ``joint``) share: the QAT recipe, the
+fingerprint and caching of one allocation, Hessian traces, the backend check and the plots.
+
+QAT fine-tunes the fake-quantized model through :func:`xaijax.experiments.common.finetune` with a
+cosine schedule at ``finetune_learning_rate`` (default: a tenth of ``config.optimizer``'s rate,
+:func:`learning_rate`), the mask of exact zeros kept by ``pruning.keep_pruned`` and the float
+model it starts from as distillation teacher. Each allocation is a unit of work in its own
+directory whose ``result.json`` is written last (:func:`cached_result`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+
+from xaijax import checkpoint, data, provenance, report, training
+from xaijax.experiments import common
+from xaijax.quantization import get_backend, hutchinson_traces
+
+Variables = Mapping[str, Any]
+
+
+def learning_rate(config: ml_collections.ConfigDict, section: ml_collections.ConfigDict) -> float:
+    """``section.finetune_learning_rate``, default a tenth of the config's learning rate."""
+    return section.finetune_learning_rate or float(config.optimizer.learning_rate) / 10
+
+
+def finetune_settings(
+    config: ml_collections.ConfigDict, section: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """``common.finetune_settings`` of QAT under ``section`` (cosine schedule)."""
+    return common.finetune_settings(
+        config,
+        epochs=section.finetune_epochs,
+        learning_rate=learning_rate(config, section),
+        batch_size=section.finetune_batch_size,
+        schedule="cosine",
+    )
+
+
+def allocation_fingerprint(
+    unit: str,
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    model: nn.Module,
+    start_digest: str,
+    bits: Mapping[str, int],
+    **extra: Any,
+) -> provenance.Fingerprint:
+    """What determines one allocation's evaluations and QAT: the model, the digest of the
+    variables it starts from, the data, the widths, the QAT settings and the stage's ``extra``
+    inputs (backend, mask, ...)."""
+    return provenance.fingerprint(
+        unit=unit,
+        model=provenance.model_identity(model),
+        start=start_digest,
+        data=config.data,
+        bits=dict(bits),
+        **extra,
+        finetune=finetune_settings(config, section),
+    )
+
+
+def finetune(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    qmodel: nn.Module,
+    splits: data.Splits,
+    variables: Variables,
+    *,
+    workdir: epath.Path,
+    unit: provenance.Fingerprint,
+    mask: Any,
+    teacher: tuple[nn.Module, Variables],
+) -> dict:
+    """Quantization-aware fine-tuning of ``variables`` in ``qmodel`` (resumable in ``workdir``,
+    tied to ``unit``), with ``mask``'s zeros kept and ``teacher`` for distillation."""
+    return common.finetune(
+        config,
+        qmodel,
+        splits,
+        variables,
+        workdir=workdir,
+        unit=unit,
+        epochs=section.finetune_epochs,
+        learning_rate=learning_rate(config, section),
+        batch_size=section.finetune_batch_size,
+        schedule="cosine",
+        mask=mask,
+        teacher=teacher,
+    )
+
+
+def cached_result(
+    unit_dir: epath.Path,
+    unit: provenance.Fingerprint,
+    compute: Callable[[common.Timer], dict[str, Any]],
+) -> dict[str, Any]:
+    """``unit_dir/result.json`` when the unit finished (the caller claimed ``unit_dir`` for
+    ``unit``), else ``compute(timer)`` plus its phases' ``seconds``, stamped with ``unit`` and
+    written atomically."""
+    done = unit_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    timer = common.Timer()
+    result = compute(timer)
+    result = provenance.stamp({**result, "seconds": timer.seconds}, unit)
+    checkpoint.write_json_atomic(done, result)
+    return result
+
+
+def hessian_traces(
+    model: nn.Module,
+    variables: Variables,
+    train: data.Dataset,
+    names: Sequence[str],
+    *,
+    num_examples: int,
+    samples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Hutchinson estimates of ``tr(H_l)`` of every layer ``l`` in ``names``, with ``H`` the
+    Hessian of the mean cross-entropy of the first ``num_examples`` training examples with
+    respect to the kernels, over ``samples`` Rademacher probes drawn from ``seed``."""
+    count = min(num_examples, train.num_examples)
+    images, labels = jnp.asarray(train.images[:count]), jnp.asarray(train.labels[:count])
+    others = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss_fn(params: Any) -> jax.Array:
+        logits = model.apply({"params": params, **others}, images, train=False)
+        return jnp.mean(training.cross_entropy(logits, labels))
+
+    return hutchinson_traces(
+        loss_fn, variables["params"], list(names), jax.random.key(seed), samples
+    )
+
+
+def check_backend(
+    section: ml_collections.ConfigDict, where: str, activation_bits: int | None = None
+) -> None:
+    """Raise ``ValueError`` naming ``config.<where>.backend`` when it is unknown or cannot run
+    a width of ``section.bit_choices`` (probed on both layer kinds)."""
+    try:
+        backend = get_backend(section.backend)
+        for kind in ("conv", "dense"):
+            for bits in section.bit_choices:
+                backend.layer_kwargs(kind, bits, activation_bits)
+    except ValueError as error:
+        raise ValueError(f"config.{where}.backend={section.backend!r}: {error}") from error
+
+
+def plot_by_strategy(
+    path: epath.Path,
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    x: Callable[[Mapping[str, Any]], float],
+    y: str,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> epath.Path:
+    """One line per strategy of ``runs``: ``y`` against ``x(run)``."""
+    series = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in runs):
+        mine = [r for r in runs if r["strategy"] == strategy]
+        series[strategy] = ([x(r) for r in mine], [r[y] for r in mine])
+    return report.line_plot(path, series, xlabel=xlabel, ylabel=ylabel, title=title)
