@@ -10,9 +10,8 @@ Without ``--config.joint.variables`` it trains (or reuses) the float baseline in
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from xaijax import logs, runtime
@@ -27,11 +26,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_logging()
     runtime.enable_compilation_cache()
-    results = joint.run(_CONFIG.value, Path(_WORKDIR.value))
+    results = joint.run(_CONFIG.value, epath.Path(_WORKDIR.value))
     float_row = results["float"]
     print(f"float test accuracy {float_row['accuracy']:.4f}, {float_row['bytes'] / 1024:.1f} KiB")
     print(results["table"], flush=True)
-    print(f"results in {Path(_WORKDIR.value) / 'results.json'}", flush=True)
+    print(f"results in {epath.Path(_WORKDIR.value) / 'results.json'}", flush=True)
 
 
 if __name__ == "__main__":
