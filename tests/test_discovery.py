@@ -29,8 +29,8 @@ ZOO_INPUTS = {
 }
 
 
-def spec(name, kind, bn=None, consumers=(), tied=None, classifier=False) -> LayerSpec:
-    return LayerSpec(name, kind, bn, tuple(consumers), tied, classifier)
+def spec(name, kind, bn=None, consumers=(), tied=None, classifier=False, slices=()) -> LayerSpec:
+    return LayerSpec(name, kind, bn, tuple(consumers), tied, classifier, tuple(slices))
 
 
 def with_group_labels_of_first_member(specs: tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
@@ -90,11 +90,12 @@ def test_branchy_cnn_with_avg_pool_and_concatenation():
     # The stem is read by both branches (branch_b through an average pool); the concatenation
     # puts both branches' channels into mix's input, so each branch has mix as its consumer;
     # mix's channels reach hidden through an average pool and a flatten; head makes the logits.
-    # No BatchNorm, no addition: no ties.
+    # No BatchNorm, no addition: no ties. mix reads 6 + 4 = 10 channels: branch_a's are its
+    # channels 0-5, branch_b's 6-9 (consumer_slices: (start, total) per consumer).
     expected = (
         spec("stem", "conv", consumers=["branch_a", "branch_b"]),
-        spec("branch_a", "conv", consumers=["mix"]),
-        spec("branch_b", "conv", consumers=["mix"]),
+        spec("branch_a", "conv", consumers=["mix"], slices=[(0, 10)]),
+        spec("branch_b", "conv", consumers=["mix"], slices=[(6, 10)]),
         spec("mix", "conv", consumers=["hidden"]),
         spec("hidden", "dense", consumers=["head"]),
         spec("head", "dense", classifier=True),
@@ -216,6 +217,14 @@ class SharedLayer(nn.Module):
         return nn.Dense(10, name="head")(conv(conv(x)).mean(axis=(1, 2)))
 
 
+class ConcatTwice(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        y = nn.Conv(4, (3, 3), name="conv")(x)
+        y = nn.Conv(8, (3, 3), name="mix")(jnp.concatenate([y, y], axis=-1))
+        return nn.Dense(10, name="head")(y.mean(axis=(1, 2)))
+
+
 class TwoHeads(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -233,6 +242,7 @@ class TwoHeads(nn.Module):
         (Depthwise(), ("'depthwise'", "feature_group_count=8")),
         (NormOfSum(), ("'bn'", "'a'", "'b'")),
         (SharedLayer(), ("'conv'", "more than once")),
+        (ConcatTwice(), ("'mix'", "'conv'", "2 times")),
         (TwoHeads(), ("'head_a'", "'head_b'", "output")),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "",

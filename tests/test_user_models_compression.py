@@ -2,13 +2,17 @@
 
 References are computed another way: the fake-quantized model is the plain model applied to
 variables whose kernels were replaced by ``fake_quantize`` (``straight_through`` for gradients);
-the masked model is the plain model applied to ``xaijax.pruning.mask_variables``; kept parameter
-counts come from ``params_mask`` and, for the Sequential CNN, from the layer shapes by hand.
+the masked model is the plain model applied to ``xaijax.pruning.mask_variables`` (on the model's
+own nested variables), itself checked against a reference that knows nothing of consumers or
+concatenation offsets: the plain model with the removed units' outputs zeroed as they are
+computed; kept parameter counts come from ``params_mask`` and, for the Sequential CNN, from the
+layer shapes by hand.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -18,7 +22,14 @@ import pytest
 import user_models
 from flax import traverse_util
 
-from xaijax.models import count_params, discover_layer_specs, get_model, layer_costs
+import xaijax
+from xaijax.models import (
+    count_params,
+    discover_layer_specs,
+    get_model,
+    layer_costs,
+    layer_variables,
+)
 from xaijax.pruning import (
     mask_variables,
     params_mask,
@@ -33,9 +44,9 @@ from xaijax.quantization.numerics import straight_through
 USER_MODELS = {
     # Conv_0's group feeds ResidualBlock_0, whose code compares its input width with 8.
     "small_resnet": (user_models.SmallResNet(), (2, 8, 8, 3), {"train": False}, {"Conv_0"}),
+    "nested_resnet": (user_models.NestedResNet(), (2, 8, 8, 3), {"train": False}, set()),
     "sequential": (user_models.sequential_cnn(), (2, 8, 8, 1), {}, set()),
-    # branch_a and branch_b are concatenated before mix.
-    "branchy": (user_models.BranchyCNN(), (2, 8, 8, 3), {}, {"branch_a", "branch_b"}),
+    "branchy": (user_models.BranchyCNN(), (2, 8, 8, 3), {}, set()),
 }
 
 
@@ -192,9 +203,24 @@ def random_masks(specs, variables, skip, seed=0):
 
 
 def masked_outputs(model, specs, variables, masks, x, kwargs):
-    layered = {col: by_layer(tree) for col, tree in variables.items()}
-    masked = mask_variables(specs, layered, masks)
-    return model.apply({col: nested(tree) for col, tree in masked.items()}, x, **kwargs)
+    return model.apply(mask_variables(specs, variables, masks), x, **kwargs)
+
+
+def zeroed_outputs(model, specs, variables, masks, x, kwargs):
+    """The plain model with each removed unit's output zeroed where its layer (or the layer's
+    BatchNorm) computes it: no consumers, slices or variables involved."""
+    keep = {name: jnp.asarray(m, jnp.float32) for name, m in masks.items()}
+    keep |= {s.bn: keep[s.name] for s in specs if s.bn is not None and s.name in keep}
+
+    def zero(next_fun, args, call_kwargs, context):
+        out = next_fun(*args, **call_kwargs)
+        name = "/".join(context.module.path)
+        if context.method_name == "__call__" and name in keep:
+            return out * keep[name]
+        return out
+
+    with nn.intercept_methods(zero):
+        return model.apply(variables, x, **kwargs)
 
 
 @pytest.mark.parametrize("name", list(USER_MODELS))
@@ -204,25 +230,38 @@ def test_shrink_any_equals_masked_model(name):
     assert any(not m.all() for m in masks.values())
     narrow, narrow_variables = shrink_any(model, variables, masks, x, **kwargs)
 
-    close(
-        narrow.apply(narrow_variables, x, **kwargs),
-        masked_outputs(model, specs, variables, masks, x, kwargs),
-    )
-    narrow_params = by_layer(narrow_variables["params"])
+    masked = masked_outputs(model, specs, variables, masks, x, kwargs)
+    close(masked, zeroed_outputs(model, specs, variables, masks, x, kwargs))
+    close(narrow.apply(narrow_variables, x, **kwargs), masked)
+    narrow_params = narrow_variables["params"]
     for layer, keep in masks.items():
-        assert narrow_params[layer]["kernel"].shape[-1] == keep.sum()
+        assert layer_variables(narrow_params, layer)["kernel"].shape[-1] == keep.sum()
 
     # Kept parameters: what the structured mask leaves, counted by params_mask.
-    mask = params_mask(specs, by_layer(variables["params"]), masks)
+    mask = params_mask(specs, variables["params"], masks)
     kept = sum(int(np.sum(np.asarray(leaf))) for leaf in jax.tree.leaves(mask))
     assert count_params(narrow_variables["params"]) == kept < count_params(variables["params"])
     costs = traced_layer_costs(narrow, narrow_variables, specs, x, **kwargs)
     for spec in specs:
         modules = [spec.name] + ([spec.bn] if spec.bn else [])
         expected = sum(
-            int(np.sum(np.asarray(leaf))) for m in modules for leaf in jax.tree.leaves(mask[m])
+            int(np.sum(np.asarray(leaf)))
+            for m in modules
+            for leaf in jax.tree.leaves(layer_variables(mask, m))
         )
         assert costs[spec.name]["params"] == expected, spec.name
+
+
+def test_shrink_any_slices_a_concatenation_at_each_branch_offset():
+    # mix reads concatenate([branch_a (6), branch_b (4)]): its kept input rows are branch_a's
+    # kept channels then branch_b's, in that order.
+    model, x, variables, _, _, _ = setup_model("branchy")
+    keep_a, keep_b = np.arange(6) % 2 == 0, np.arange(4) >= 2
+    masks = {"branch_a": keep_a, "branch_b": keep_b}
+    _, narrow_variables = shrink_any(model, variables, masks, x)
+    full = np.asarray(variables["params"]["mix"]["kernel"])
+    narrow = np.asarray(narrow_variables["params"]["mix"]["kernel"])
+    np.testing.assert_array_equal(narrow, full[:, :, np.concatenate([keep_a, keep_b]), :])
 
 
 def test_shrink_any_sequential_costs_by_hand():
@@ -264,16 +303,23 @@ def test_shrink_any_equals_zoo_shrink_on_lenet5():
 def test_shrink_any_names_what_it_cannot_follow():
     model, x, variables, kwargs, specs, _ = setup_model("branchy")
     masks = random_masks(specs, variables, set())
-    with pytest.raises(ValueError, match=r"'branch_a'.*'mix' reads a concatenation"):
-        shrink_any(model, variables, masks, x)
     keep_all = {name: np.ones_like(m) for name, m in masks.items()}
     with pytest.raises(ValueError, match="classifier 'head'"):
         shrink_any(model, variables, {**keep_all, "head": np.arange(10) < 5}, x)
 
     model, x, variables, kwargs, specs, _ = setup_model("small_resnet")
     masks = random_masks(specs, variables, set())
-    with pytest.raises(ValueError, match="'ResidualBlock_0/Conv_2', which the full model does not"):
+    # The stem's group reaches ResidualBlock_0 narrower than its hard-coded 8 features, so the
+    # block's own code (`if x.shape[-1] != self.features`) calls a projection the full model
+    # does not have: a property of the model code, named with the module and the layer.
+    width = int(masks["Conv_0"].sum())
+    message = (
+        "calls layer 'ResidualBlock_0/Conv_2', which the full model does not: the code of module "
+        f"'ResidualBlock_0' takes another path when its input has {width} channels"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
         shrink_any(model, variables, masks, x, **kwargs)
+    assert "layer(s) ['Conv_0'] feed it narrowed" in str(info.value)
     with pytest.raises(ValueError, match="tied layers"):
         shrink_any(model, variables, {"Conv_0": masks["Conv_0"]}, x, **kwargs)
 
@@ -288,8 +334,70 @@ class JoinsInput(nn.Module):
         return nn.Dense(10, name="head")(y.reshape((y.shape[0], -1)))
 
 
-def test_shrink_any_names_a_join_with_the_input():
-    model, x = JoinsInput(), jnp.ones((1, 5, 5, 3))
+def test_shrink_any_slices_a_join_with_the_input():
+    # conv2 reads [input (3), conv1 (8)]: conv1's channels start at 3, the input's stay whole.
+    model, x = JoinsInput(), jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
     variables = random_variables(model, x)
-    with pytest.raises(ValueError, match="input channels of layer 'conv2'"):
-        shrink_any(model, variables, {"conv1": np.arange(8) < 4}, x)
+    specs = discover_layer_specs(model, x)
+    masks = {"conv1": np.arange(8) % 3 != 1}
+    narrow, narrow_variables = shrink_any(model, variables, masks, x)
+    rows = np.concatenate([np.ones(3, bool), masks["conv1"]])
+    np.testing.assert_array_equal(
+        narrow_variables["params"]["conv2"]["kernel"],
+        np.asarray(variables["params"]["conv2"]["kernel"])[:, :, rows, :],
+    )
+    masked = masked_outputs(model, specs, variables, masks, x, {})
+    close(masked, zeroed_outputs(model, specs, variables, masks, x, {}))
+    close(narrow.apply(narrow_variables, x), masked)
+
+
+# --- the whole chain on nested variables --------------------------------------------------------
+
+
+def test_nested_model_scoring_pruning_and_sharing():
+    """NestedResNet's layers live two submodules deep; every function takes its own nested
+    variables and names layers by module path."""
+    model, x, variables, kwargs, specs, _ = setup_model("nested_resnet")
+    names = [s.name for s in specs]
+    assert "Stage_0/ShapeComparingBlock_1/Conv_0" in names
+    data = (np.asarray(x), np.array([1, 7], np.int32))
+
+    # A unit whose kernel slice and bias are zero outputs 0 at every input: every criterion scores it 0,
+    # at its own layer, where it scored > 0 before (a misplaced layer lookup would move the 0).
+    dead = {s.name: i % 4 for i, s in enumerate(specs) if not s.is_classifier}
+    dead_params = by_layer(variables["params"])
+    for name, unit in dead.items():
+        for leaf, value in dead_params[name].items():  # kernel [..., units], bias [units]
+            value = np.array(value)
+            value[..., unit] = 0.0
+            dead_params[name] = {**dead_params[name], leaf: jnp.asarray(value)}
+    dead_variables = {**variables, "params": nested(dead_params)}
+    for criterion in ("magnitude", "deeplift", "taylor"):
+        before = xaijax.score(criterion, model, variables, data)
+        scores = xaijax.score(criterion, model, dead_variables, data)
+        assert sorted(scores) == sorted(before) == sorted(names), criterion
+        for name, unit in dead.items():
+            assert before[name][unit] > 0 and scores[name][unit] == 0, (criterion, name)
+
+    scores = xaijax.score("deeplift", model, variables, data)
+    masks = xaijax.unit_masks(scores, 0.5, specs=specs)
+    stem_group = [s.name for s in specs if s.tied_group == "stem"]
+    assert len(stem_group) == 3 and all(masks[n].sum() == 4 for n in stem_group)
+    narrow, narrow_variables = shrink_any(model, variables, masks, x, **kwargs)
+    masked = masked_outputs(model, specs, variables, masks, x, kwargs)
+    close(masked, zeroed_outputs(model, specs, variables, masks, x, kwargs))
+    close(narrow.apply(narrow_variables, x, **kwargs), masked)
+
+    # Weight sharing of the shrunk model, weighted by its DeepLIFT weight scores, with a weight
+    # mask: codebooks keyed by module path, pruned weights exactly zero after decoding.
+    weight_scores = xaijax.score("deeplift", narrow, narrow_variables, data, granularity="weight")
+    assert set(weight_scores) == set(names)
+    keep = xaijax.weight_masks(weight_scores, 0.3, exclude=("head",))
+    mask = xaijax.params_mask(specs, narrow_variables["params"], weight_masks=keep)
+    shared = xaijax.cluster_params(narrow_variables["params"], 2, weight_scores, mask)
+    assert set(shared) == set(names)
+    decoded = xaijax.decode(narrow_variables["params"], shared)
+    for name in names:
+        kernel = np.asarray(layer_variables(decoded, name)["kernel"])
+        kept = np.asarray(keep[name]["kernel"])
+        assert np.all(kernel[~kept] == 0) and len(np.unique(kernel[kept])) <= 4, name

@@ -45,6 +45,56 @@ class SmallResNet(nn.Module):
         return nn.Dense(self.num_classes)(x)  # Dense_0
 
 
+class ShapeComparingBlock(nn.Module):
+    """Flax's ResNet-example block: the shortcut is projected only where its shape differs from
+    the residual branch's (so narrowing both alike keeps the path)."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        y = nn.Conv(self.features, (3, 3), strides=self.strides, use_bias=False)(x)  # Conv_0
+        y = nn.relu(nn.BatchNorm(use_running_average=not train)(y))  # BatchNorm_0
+        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)  # Conv_1
+        y = nn.BatchNorm(use_running_average=not train)(y)  # BatchNorm_1
+        if x.shape != y.shape:
+            x = nn.Conv(self.features, (1, 1), strides=self.strides, name="proj")(x)
+            x = nn.BatchNorm(use_running_average=not train, name="proj_bn")(x)
+        return nn.relu(x + y)
+
+
+class Stage(nn.Module):
+    """``blocks`` blocks, the first with ``strides``."""
+
+    features: int
+    blocks: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for i in range(self.blocks):
+            x = ShapeComparingBlock(self.features, self.strides if i == 0 else 1)(x, train)
+        return x
+
+
+class NestedResNet(nn.Module):
+    """Layers two submodules deep (``Stage_0/ShapeComparingBlock_1/Conv_0``): a stem, a stage of
+    two identity blocks at ``width``, a stage of one projected block at ``2 * width``, a global
+    average and a Dense head."""
+
+    num_classes: int = 10
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.Conv(self.width, (3, 3), use_bias=False, name="stem")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, name="stem_bn")(x))
+        x = Stage(self.width, blocks=2)(x, train)  # Stage_0
+        x = Stage(2 * self.width, blocks=1, strides=2)(x, train)  # Stage_1
+        return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
 class BranchyCNN(nn.Module):
     """A stem, two branches (a 3x3 conv; an average pool then a 1x1 conv) concatenated along
     the channels, a mixing conv, a 2x2 average pool, a flatten and two Dense layers."""

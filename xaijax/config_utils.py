@@ -8,8 +8,12 @@ builds one with every field and its default (``xaijax.defaults.base_config``, wh
   default location), ``validation_size`` (examples held out of the training split; 0: evaluate on
   the test split during training), ``standardize`` (per-channel mean/std of the training split),
   ``augment`` (``none`` | ``flip`` | ``crop_flip``) and ``crop_padding`` (pixels, for crops).
-* ``model``: ``name`` (a key of ``xaijax.models.MODELS``), ``num_classes``, ``widths`` (None or a
-  mapping layer name -> output units).
+* ``model``: ``name`` (a key of ``xaijax.models.MODELS``, or a user's model by import path,
+  ``"package.module:ClassName"``), ``num_classes``, ``widths`` (None or a mapping layer name ->
+  output units; only for a model with a ``widths`` field) and, optionally (the field is absent by
+  default, so existing fingerprints do not change), ``kwargs``: further constructor arguments of
+  the model, e.g. ``config.model.kwargs = {"width": 16}``. A user model must take ``train`` in
+  its ``__call__`` (training runs ``model(x, train=True)``) and return ``num_classes`` logits.
 * ``optimizer``: see :func:`xaijax.training.make_optimizer`.
 * ``train``: ``epochs``, ``batch_size`` (global), ``eval_batch_size``, ``seed``,
   ``log_every_steps``, ``checkpoint_every_steps`` (0: only at epoch ends), ``keep_checkpoints``,
@@ -161,7 +165,14 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if augment == "crop_flip" and crop_padding < 1:
         _fail("data.crop_padding", "must be >= 1 with augment='crop_flip'", crop_padding)
 
-    model_name = _require_choice(config, "model.name", tuple(models.MODELS))
+    model_name = _get(config, "model.name")
+    known = isinstance(model_name, str) and (model_name in models.MODELS or ":" in model_name)
+    if not known:
+        _fail(
+            "model.name",
+            f"must be one of {tuple(models.MODELS)} or an import path 'package.module:ClassName'",
+            model_name,
+        )
     num_classes = _require_int(config, "model.num_classes", 1)
     if num_classes != data.NUM_CLASSES[name]:
         _fail(
@@ -176,7 +187,9 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         for layer, width in widths.items():
             if not _is_int(width) or width < 1:
                 _fail(f"model.widths.{layer}", "must be an integer >= 1", width)
-    _check_model_builds(model_name, num_classes, _as_dict(widths), data.IMAGE_SHAPES[name])
+    _check_model_builds(
+        model_name, num_classes, _as_dict(widths), model_kwargs(config), data.IMAGE_SHAPES[name]
+    )
 
     _require_choice(config, "optimizer.name", OPTIMIZERS)
     learning_rate = _get(config, "optimizer.learning_rate")
@@ -222,25 +235,52 @@ def validate_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def _check_model_builds(
-    name: str, num_classes: int, widths: dict[str, int] | None, image_shape: tuple[int, ...]
+    name: str,
+    num_classes: int,
+    widths: dict[str, int] | None,
+    kwargs: dict[str, Any],
+    image_shape: tuple[int, ...],
 ) -> None:
-    """Trace ``model.init`` on one input of the dataset's shape (no compilation, no FLOPs)."""
+    """Build the model and trace ``model.init`` and ``model.apply(..., train=True)`` on one input
+    of the dataset's shape (no compilation, no FLOPs); the logits must have ``num_classes``."""
+    import inspect
+
     import jax
     import jax.numpy as jnp
 
     from xaijax import models
 
     try:
-        model = models.get_model(name, num_classes=num_classes, widths=widths)
-        jax.eval_shape(
-            lambda x: model.init(jax.random.key(0), x, train=False),
-            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
+        model = models.get_model(
+            name, num_classes=num_classes, widths=widths, model_kwargs=kwargs or None
         )
+    except ValueError as err:
+        raise ValueError(f"config.model: {err}") from err
+    if "train" not in inspect.signature(model.__call__).parameters:
+        _fail(
+            "model.name",
+            "must name a model whose __call__ takes `train` (training runs model(x, train=True))",
+            name,
+        )
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+
+    def forward(x):
+        variables = model.init(jax.random.key(0), x, train=False)
+        rngs = {"dropout": jax.random.key(0)}
+        return model.apply(variables, x, train=True, mutable=True, rngs=rngs)[0]
+
+    try:
+        logits = jax.eval_shape(forward, x)
     except Exception as err:  # Any failure to trace the model is a configuration error.
         raise ValueError(
-            f"config.model: {name!r} with widths={widths} cannot be built for inputs of shape "
-            f"{image_shape}: {err}"
+            f"config.model: {name!r} with widths={widths} and kwargs={kwargs} cannot be built "
+            f"for inputs of shape {image_shape}: {err}"
         ) from err
+    if getattr(logits, "shape", None) != (1, num_classes):
+        raise ValueError(
+            f"config.model: {name!r} must return logits of shape (batch, {num_classes}) "
+            f"(config.model.num_classes), got {jax.tree.map(lambda a: a.shape, logits)}"
+        )
 
 
 def _as_dict(widths: Any) -> dict[str, int] | None:
@@ -250,3 +290,15 @@ def _as_dict(widths: Any) -> dict[str, int] | None:
 def model_widths(config: ml_collections.ConfigDict) -> dict[str, int] | None:
     """``config.model.widths`` as a plain dict (or None)."""
     return _as_dict(config.model.widths)
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config.model.kwargs`` (absent or None: none) as a plain dict of constructor arguments."""
+    kwargs = config.model.get("kwargs")
+    if kwargs is None:
+        return {}
+    if isinstance(kwargs, ml_collections.ConfigDict):
+        kwargs = kwargs.to_dict()
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        _fail("model.kwargs", "must be None or a mapping argument name -> value", kwargs)
+    return dict(kwargs)

@@ -52,7 +52,10 @@ def _discover_layers(model: nn.Module, variables: Any, x_spec: Any, apply_kwargs
             counts[path] = k + 1
             key = path if k == 0 else f"{path}@{k}"
             spec = jax.ShapeDtypeStruct(out.shape, out.dtype)
-            calls.append(_LayerCall(key, path, module.clone(parent=None), spec))
+            # features from the output: a wrapper may run the layer narrower than its field
+            # (xaijax.pruning.Narrowed runs a copy at its sliced kernel's width).
+            clone = module.clone(parent=None, features=out.shape[-1])
+            calls.append(_LayerCall(key, path, clone, spec))
         return out
 
     def run(x):

@@ -17,6 +17,7 @@ import numpy as np
 
 from xaijax.importance.criterion import Granularity, Scores, Variables
 from xaijax.importance.layers import kernel_tree, layer_names
+from xaijax.models.common import layer_variables
 
 
 def magnitude_scores(
@@ -24,14 +25,10 @@ def magnitude_scores(
 ) -> Scores:
     """``sum |kernel[..., k]|`` per unit, ``|w|`` per weight."""
     del seed
-    params, names = variables["params"], layer_names(model)
+    params, names = variables["params"], layer_names(model, variables)
     if granularity == "unit":
-        return {
-            name: jnp.abs(params[name]["kernel"])
-            .reshape(-1, params[name]["kernel"].shape[-1])
-            .sum(0)
-            for name in names
-        }
+        kernels = {name: layer_variables(params, name)["kernel"] for name in names}
+        return {name: jnp.abs(k).reshape(-1, k.shape[-1]).sum(0) for name, k in kernels.items()}
     return kernel_tree(params, names, jnp.abs)
 
 
@@ -41,8 +38,8 @@ def random_scores(
     """Uniform ``[0, 1)`` scores, independent per layer, reproducible from ``seed`` (host RNG)."""
     params = variables["params"]
     scores = {}
-    for index, name in enumerate(layer_names(model)):
-        kernel_shape = params[name]["kernel"].shape
+    for index, name in enumerate(layer_names(model, variables)):
+        kernel_shape = layer_variables(params, name)["kernel"].shape
         shape = kernel_shape[-1:] if granularity == "unit" else kernel_shape
         draw = jnp.asarray(np.random.default_rng([seed, index]).random(shape, np.float32))
         scores[name] = draw if granularity == "unit" else {"kernel": draw}

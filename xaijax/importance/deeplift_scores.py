@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from xaijax import deeplift
 from xaijax.importance.criterion import Granularity, Scores, Variables
 from xaijax.importance.layers import layer_names, position_sum
+from xaijax.models import inference_kwargs
 
 
 def _mean_over_references(fn: Callable[[jax.Array], Any], references: jax.Array) -> Any:
@@ -54,7 +55,7 @@ def deeplift_per_example(
 ) -> Scores:
     """Per-example DeepLIFT scores (module docstring), the signed contributions averaged over the
     references."""
-    names = layer_names(model)
+    names = layer_names(model, variables, images)
     if granularity == "unit":
 
         def unit_contributions(reference):
@@ -66,6 +67,7 @@ def deeplift_per_example(
                 layers=names,
                 target=targets,
                 rule=rule,
+                apply_kwargs=inference_kwargs(model),
             )
             return {name: position_sum(contributions[name]) for name in names}
 
@@ -81,6 +83,7 @@ def deeplift_per_example(
             target=targets,
             rule=rule,
             layers=names,
+            apply_kwargs=inference_kwargs(model),
         )
         return {name: contributions[name] for name in names}
 

@@ -1,6 +1,8 @@
 """The prunable layers of a Flax model seen from outside the model, for the criteria.
 
-* :func:`layer_names`: the prunable layers (``model.layer_specs()``) in forward order.
+* :func:`layer_names`: the prunable layers in forward order: ``model.layer_specs()`` where the
+  model writes them, else the layers ``xaijax.models.discover_layer_specs`` finds by tracing the
+  model on the images (module paths, ``"Block_0/Conv_1"`` for a nested layer).
 * :func:`apply_with_perturbations`: the logits with a perturbation ``e_l`` added to the output
   ``a_l`` of each named layer (``nn.intercept_methods``), and those outputs. At ``e = 0`` the
   logits are unchanged and ``dF/de_l = dF/da_l`` for any function ``F`` of the logits: the gradient
@@ -20,11 +22,27 @@ import flax.linen as nn
 import jax
 
 from xaijax.importance.criterion import Scores, Variables
+from xaijax.models import inference_kwargs, layer_specs_of
+from xaijax.models.common import layer_variables
+from xaijax.models.discovery import scope_path
 
 
-def layer_names(model: nn.Module) -> tuple[str, ...]:
-    """Names of the prunable layers in forward order."""
-    return tuple(spec.name for spec in model.layer_specs())
+def layer_names(
+    model: nn.Module, variables: Variables | None = None, images: Any = None
+) -> tuple[str, ...]:
+    """Names of the prunable layers in forward order: the hand-written ``layer_specs()``, else
+    the discovered ones on the shape of ``images``; a data-free criterion, with no images, gets
+    the layers holding a ``kernel`` in ``variables["params"]`` (tree order)."""
+    if callable(getattr(model, "layer_specs", None)) or images is not None:
+        return tuple(s.name for s in layer_specs_of(model, images, **inference_kwargs(model)))
+    if variables is None:
+        raise ValueError(
+            f"{type(model).__name__} has no layer_specs(): its layers are found by tracing it on "
+            "images, or read from the kernels of its variables"
+        )
+    paths = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    names = ("/".join(str(getattr(k, "key", k)) for k in path) for path, _ in paths)
+    return tuple(name.rsplit("/", 1)[0] for name in names if name.endswith("/kernel"))
 
 
 def position_sum(x: jax.Array) -> jax.Array:
@@ -33,8 +51,8 @@ def position_sum(x: jax.Array) -> jax.Array:
 
 
 def kernel_tree(params: Mapping[str, Any], names: tuple[str, ...], fn: Callable) -> Scores:
-    """``{name: {"kernel": fn(params[name]["kernel"])}}`` over ``names``."""
-    return {name: {"kernel": fn(params[name]["kernel"])} for name in names}
+    """``{name: {"kernel": fn(kernel of layer name)}}`` over ``names`` (module paths)."""
+    return {name: {"kernel": fn(layer_variables(params, name)["kernel"])} for name in names}
 
 
 def _is_layer_call(context: Any, names: Mapping[str, Any]) -> bool:
@@ -42,8 +60,7 @@ def _is_layer_call(context: Any, names: Mapping[str, Any]) -> bool:
     return (
         context.method_name == "__call__"
         and isinstance(module, nn.Conv | nn.Dense)
-        and module.name in names
-        and len(module.scope.path) == 1
+        and scope_path(module) in names
     )
 
 
@@ -64,11 +81,12 @@ def apply_with_perturbations(
         if not _is_layer_call(context, perturbations):
             return next_fun(*args, **kwargs)
         y = next_fun(*args, **kwargs)
-        outputs[context.module.name] = y
-        return y + perturbations[context.module.name]
+        name = scope_path(context.module)
+        outputs[name] = y
+        return y + perturbations[name]
 
     with nn.intercept_methods(interceptor):
-        logits = model.apply(variables, images, train=False)
+        logits = model.apply(variables, images, **inference_kwargs(model))
     return logits, outputs
 
 
@@ -76,7 +94,7 @@ def layer_output_shapes(
     model: nn.Module, variables: Variables, images: jax.Array
 ) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of the prunable layers' outputs for ``images`` (no computation)."""
-    names = dict.fromkeys(layer_names(model))
+    names = dict.fromkeys(layer_names(model, variables, images))
 
     def run(x):
         zeros = {}
@@ -84,11 +102,11 @@ def layer_output_shapes(
         def record(next_fun, args, kwargs, context):
             y = next_fun(*args, **kwargs)
             if _is_layer_call(context, names):
-                zeros[context.module.name] = y
+                zeros[scope_path(context.module)] = y
             return y
 
         with nn.intercept_methods(record):
-            model.apply(variables, x, train=False)
+            model.apply(variables, x, **inference_kwargs(model))
         return zeros
 
     return jax.eval_shape(run, images)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from xaijax import deeplift, lrp
 from xaijax.importance.criterion import Granularity, Scores, Variables
 from xaijax.importance.layers import layer_names, position_sum
+from xaijax.models import inference_kwargs
 
 DEFAULT_RULES = "composite"
 
@@ -64,13 +65,25 @@ def lrp_per_example(
     """Per-example LRP scores (module docstring): absolute relevances normalised per layer."""
     del references
     rules = lrp_rules(rule)
-    names = layer_names(model)
+    names = layer_names(model, variables, images)
     if granularity == "unit":
         relevances = lrp.layer_relevances(
-            model, variables, images, layers=names, target=targets, rules=rules
+            model,
+            variables,
+            images,
+            layers=names,
+            target=targets,
+            rules=rules,
+            apply_kwargs=inference_kwargs(model),
         )
         return {name: normalised(jnp.abs(position_sum(relevances[name]))) for name in names}
     relevances = lrp.parameter_relevances(
-        model, variables, images, target=targets, rules=rules, layers=names
+        model,
+        variables,
+        images,
+        target=targets,
+        rules=rules,
+        layers=names,
+        apply_kwargs=inference_kwargs(model),
     )
     return {name: {"kernel": normalised(jnp.abs(relevances[name]))} for name in names}

@@ -13,12 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from xaijax.importance.criterion import Criterion, Granularity, Scores, Variables
+from xaijax.models import inference_kwargs
 
 TARGETS = ("label", "predicted", "all")
 
 
 def _class_count(model: nn.Module, variables: Variables, images: jax.Array) -> int:
-    return jax.eval_shape(lambda x: model.apply(variables, x, train=False), images[:1]).shape[-1]
+    apply = lambda x: model.apply(variables, x, **inference_kwargs(model))
+    return jax.eval_shape(apply, images[:1]).shape[-1]
 
 
 def per_example_scores(
@@ -43,7 +45,7 @@ def per_example_scores(
     if target == "label":
         return for_targets(labels.astype(jnp.int32))
     if target == "predicted":
-        logits = model.apply(variables, images, train=False)
+        logits = model.apply(variables, images, **inference_kwargs(model))
         return for_targets(jnp.argmax(logits, axis=-1).astype(jnp.int32))
     classes = jnp.arange(_class_count(model, variables, images), dtype=jnp.int32)
     # One class after another (lax.map), not vmapped: vmapping the kernel pullback of a

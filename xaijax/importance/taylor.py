@@ -22,6 +22,8 @@ from xaijax.importance.layers import (
     layer_output_shapes,
     position_sum,
 )
+from xaijax.models import inference_kwargs
+from xaijax.models.common import layer_variables
 
 
 def target_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -42,7 +44,7 @@ def taylor_per_example(
     """Per-example Taylor scores: ``|sum_positions a * dL/da|`` per unit, ``|w * dL/dw|`` per
     weight."""
     del references, rule
-    names = layer_names(model)
+    names = layer_names(model, variables, images)
     if granularity == "unit":
         shapes = layer_output_shapes(model, variables, images)
         zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
@@ -58,12 +60,16 @@ def taylor_per_example(
 
     def one_example(image, target):
         def loss(p):
-            logits = model.apply({**variables, "params": p}, image[None], train=False)
+            logits = model.apply({**variables, "params": p}, image[None], **inference_kwargs(model))
             return target_loss(logits, target[None])
 
         grads = jax.grad(loss)(params)
         return {
-            name: {"kernel": jnp.abs(params[name]["kernel"] * grads[name]["kernel"])}
+            name: {
+                "kernel": jnp.abs(
+                    layer_variables(params, name)["kernel"] * layer_variables(grads, name)["kernel"]
+                )
+            }
             for name in names
         }
 

@@ -20,10 +20,13 @@ from xaijax.models.common import (
     LayerKwargs,
     LayerSpec,
     PrunableModel,
+    consumer_slice,
     count_params,
     freeze_mapping,
-    layer_costs,
+    inference_kwargs,
+    layer_variables,
 )
+from xaijax.models.costs import layer_costs, traced_layer_costs
 from xaijax.models.discovery import DiscoveryError, discover_layer_specs, layer_specs_of
 from xaijax.models.lenet import LeNet5
 from xaijax.models.resnet import ResNet
@@ -102,14 +105,26 @@ def _accepted_kwargs(
     return accepted
 
 
+def _hashable(value: Any) -> Any:
+    """A constructor argument as a hashable value: mappings frozen, lists as tuples."""
+    if isinstance(value, Mapping):
+        return freeze_mapping({k: _hashable(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
 def get_model(
     name: str,
     *,
     num_classes: int = 10,
     widths: Mapping[str, int] | None = None,
     layer_kwargs: LayerKwargs | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Build a model by name; ``widths`` narrows layers, ``layer_kwargs`` injects ops.
+    """Build a model by name; ``widths`` narrows layers, ``layer_kwargs`` injects ops,
+    ``model_kwargs`` are further constructor arguments (a user model's own fields, e.g.
+    ``{"width": 16}``).
 
     ``name`` is a key of :data:`MODELS` or an import path ``"package.module:ClassName"`` (see
     :func:`resolve_model`). A model built by import path gets ``num_classes`` if its constructor
@@ -126,7 +141,14 @@ def get_model(
     }
     if name not in MODELS:
         kwargs = _accepted_kwargs(name, constructor, kwargs)
-    model = constructor(**kwargs)
+    extra = dict(model_kwargs or {})
+    clash = sorted(set(extra) & {"num_classes", "widths", "layer_kwargs"})
+    if clash:
+        raise ValueError(f"model_kwargs must not set {clash}; pass them as their own arguments")
+    try:
+        model = constructor(**kwargs, **{k: _hashable(v) for k, v in extra.items()})
+    except TypeError as err:
+        raise ValueError(f"model {name!r} cannot be built with {sorted(extra)}: {err}") from err
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {name!r} built a {type(model).__name__}, not a flax.linen Module")
     return model
@@ -148,12 +170,16 @@ __all__ = [
     "LeNet5",
     "PrunableModel",
     "ResNet",
+    "consumer_slice",
     "count_params",
     "discover_layer_specs",
     "get_model",
+    "inference_kwargs",
     "layer_costs",
     "layer_specs",
     "layer_specs_of",
+    "layer_variables",
     "register_model",
     "resolve_model",
+    "traced_layer_costs",
 ]

@@ -1,13 +1,14 @@
-"""Shared pieces of the model zoo: layer metadata and per-layer cost accounting."""
+"""Shared pieces of the model zoo: layer metadata (``LayerSpec``), layer variables by module path,
+widths, and the protocol a zoo model meets."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
 
@@ -28,6 +29,11 @@ class LayerSpec(NamedTuple):
       tied_group: layers sharing a group are summed by residual additions, so their output
         channels are the same channels and must be pruned together (None: not tied).
       is_classifier: the final layer producing the logits (its units are never pruned).
+      consumer_slices: where this layer's channels sit in each consumer's input, one
+        ``(start, total)`` per consumer: its ``units`` channels are channels ``start`` to
+        ``start + units - 1`` of the ``total`` channels the consumer reads (after a
+        concatenation along the channels; through a flatten, row ``r`` is channel ``r % total``).
+        Empty (the default): every consumer reads exactly this layer's channels, ``(0, units)``.
     """
 
     name: str
@@ -36,6 +42,50 @@ class LayerSpec(NamedTuple):
     consumers: tuple[str, ...]
     tied_group: str | None
     is_classifier: bool
+    consumer_slices: tuple[tuple[int, int], ...] = ()
+
+
+def consumer_slice(spec: LayerSpec, index: int, units: int) -> tuple[int, int]:
+    """``(start, total)`` of ``spec``'s ``units`` channels in the input of its consumer number
+    ``index`` (see ``LayerSpec.consumer_slices``)."""
+    if not spec.consumer_slices:
+        return 0, units
+    if len(spec.consumer_slices) != len(spec.consumers):
+        raise ValueError(
+            f"layer {spec.name!r} has {len(spec.consumer_slices)} consumer_slices for "
+            f"{len(spec.consumers)} consumers"
+        )
+    start, total = spec.consumer_slices[index]
+    if not 0 <= start <= total - units:
+        raise ValueError(
+            f"layer {spec.name!r}: its {units} channels do not fit at {start} of the {total} "
+            f"channels consumer {spec.consumers[index]!r} reads"
+        )
+    return int(start), int(total)
+
+
+def layer_variables(tree: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """The variables of layer ``name`` (a module path, ``"Block_0/Conv_1"``) in a collection:
+    ``tree["Block_0"]["Conv_1"]`` in a model's nested variables, or ``tree[name]`` in a view
+    keyed by layer name."""
+    if name in tree:
+        return tree[name]
+    node: Any = tree
+    for part in name.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ValueError(f"no variables for layer {name!r} (looked for the path {name!r})")
+        node = node[part]
+    return node
+
+
+def inference_kwargs(model: nn.Module) -> dict[str, Any]:
+    """``{"train": False}`` for a model whose ``__call__`` takes ``train`` (the zoo's convention),
+    else ``{}``: the keyword arguments of an inference-mode ``model.apply``."""
+    try:
+        parameters = inspect.signature(model.__call__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"train": False} if "train" in parameters else {}
 
 
 def freeze_mapping(mapping: Mapping[str, Any] | None) -> FrozenDict | None:
@@ -82,41 +132,6 @@ def conv_extra_kwargs(layer_kwargs: LayerKwargs | None, name: str) -> dict[str, 
     if "conv_general_dilated" not in extra and "conv_general_dilated_cls" not in extra:
         extra["conv_general_dilated"] = ops.conv_general_dilated
     return extra
-
-
-def layer_costs(
-    model: nn.Module, variables: Mapping[str, Any], input_shape: tuple[int, ...]
-) -> dict[str, dict[str, int]]:
-    """Parameters and FLOPs per example of every ``nn.Conv`` / ``nn.Dense`` layer.
-
-    ``params`` counts the kernel, the bias and the BatchNorm scale/offset that follow the layer.
-    ``flops`` is ``2 * MACs`` for one example: a conv with output ``[Ho, Wo, O]`` and kernel
-    ``[kh, kw, I, O]`` costs ``2 * Ho * Wo * kh * kw * I * O``; a Dense ``[I, O]`` costs
-    ``2 * I * O``.
-    ``input_shape`` is one example's shape ``(H, W, C)``.
-    """
-    specs = {spec.name: spec for spec in model.layer_specs()}
-
-    def is_layer(module: nn.Module, method_name: str) -> bool:
-        return method_name == "__call__" and isinstance(module, nn.Conv | nn.Dense)
-
-    def run(x):
-        return model.apply(variables, x, train=False, capture_intermediates=is_layer)
-
-    _, state = jax.eval_shape(run, jnp.zeros((1, *input_shape), jnp.float32))
-    intermediates = state["intermediates"]
-    params = variables["params"]
-    costs = {}
-    for name, spec in specs.items():
-        kernel = params[name]["kernel"]
-        out_shape = intermediates[name]["__call__"][0].shape
-        n_params = int(np.prod(kernel.shape)) + int(np.prod(params[name]["bias"].shape))
-        if spec.bn is not None:
-            n_params += sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params[spec.bn]))
-        positions = int(np.prod(out_shape[1:-1])) if spec.kind == "conv" else 1
-        flops = 2 * positions * int(np.prod(kernel.shape))
-        costs[name] = {"params": n_params, "flops": flops}
-    return costs
 
 
 def count_params(params: Any) -> int:

@@ -11,8 +11,9 @@ primitive, so the jaxpr of the whole forward pass shows where every layer's outp
 * the BatchNorm whose input is one layer's output channels (after activations or pooling);
 * the consumers: the layers that read a layer's channels (through flattening: the Dense reading
   ``H * W * C`` rows), for a tied layer those of its whole group. After a concatenation the
-  consumer is listed for every concatenated layer; a LayerSpec does not say where in the
-  consumer's input each layer's channels start;
+  consumer is listed for every concatenated layer, and ``consumer_slices`` says where each one's
+  channels start in the consumer's input (set only where some consumer reads more than the
+  layer's own channels);
 * the tied groups: layers whose channels an elementwise operation (a residual addition) joins,
   named after their first member;
 * the classifier: the layer whose output channels are the model's output.
@@ -64,13 +65,15 @@ def layer_kind(module: nn.Module) -> str | None:
 
 def scope_path(module: nn.Module) -> str:
     """The module path read from its scope chain (``"Block_0/Conv_1"``). Unlike
-    ``module.path`` it follows ``nn.share_scope``, which reattaches scopes made before it ran."""
+    ``module.path`` it follows ``nn.share_scope``, which reattaches scopes made before it ran;
+    a module inside a lifted transform (``nn.remat``), whose scope is a root, gets
+    ``module.path``. An unbound copy applied on its own gets ``""``."""
     names = []
     scope = module.scope
     while scope is not None and scope.parent is not None:
         names.append(str(scope.name))
         scope = scope.parent
-    return "/".join(reversed(names))
+    return "/".join(reversed(names)) or "/".join(module.path)
 
 
 def _kind(module: nn.Module) -> str | None:
@@ -89,12 +92,14 @@ def _tag_input(args: tuple, kwargs: dict, name: str) -> tuple[tuple, dict]:
 def _interceptor(calls: dict[str, _Call]) -> Callable:
     """Records every Conv / Dense / BatchNorm call (in call order) and tags its input and output."""
 
+    inside: list[str] = []  # The layer call under way: a layer it runs is part of it.
+
     def intercept(next_fun: Callable, args: tuple, kwargs: dict, context: Any) -> Any:
         module = context.module
         kind = _kind(module)
-        if context.method_name != "__call__" or kind is None:
+        if context.method_name != "__call__" or kind is None or inside:
             return next_fun(*args, **kwargs)
-        name = "/".join(module.path)
+        name = scope_path(module)
         if not name:
             raise DiscoveryError("the model is a single layer; discovery needs a model of layers")
         if name in calls:
@@ -106,7 +111,12 @@ def _interceptor(calls: dict[str, _Call]) -> Callable:
             )
         calls[name] = _Call(name, kind, getattr(module, "axis", None))
         args, kwargs = _tag_input(args, kwargs, name)
-        return _TAG.bind(next_fun(*args, **kwargs), name=name, role="out")
+        inside.append(name)
+        try:
+            out = next_fun(*args, **kwargs)
+        finally:
+            inside.pop()
+        return _TAG.bind(out, name=name, role="out")
 
     return intercept
 
@@ -121,6 +131,8 @@ class _Graph:
     def __init__(self, calls: dict[str, _Call]):
         self.calls = calls
         self.reads: dict[str, frozenset[str]] = {}  # layer -> layers whose channels it reads
+        self.inputs: dict[str, State] = {}  # layer -> the state of its input
+        self.units: dict[str, int] = {}  # layer -> its output channels
         self.bn_states: dict[str, State] = {}
         self.parent: dict[str, str] = {}
 
@@ -146,8 +158,10 @@ class _Graph:
             return [self.bn_states[call.name]]
         if role == "in":
             self.reads[call.name] = _read(call, state, ndim)
+            self.inputs[call.name] = state
             return [None]
-        return [Channels(ndim - 1, ((frozenset({call.name}), eqn.outvars[0].aval.shape[-1]),))]
+        self.units[call.name] = eqn.outvars[0].aval.shape[-1]
+        return [Channels(ndim - 1, ((frozenset({call.name}), self.units[call.name]),))]
 
 
 def _normalized(call: _Call, state: State, ndim: int) -> State:
@@ -201,6 +215,30 @@ def _classifier(state: State) -> str:
     raise DiscoveryError(f"the model output mixes layers {_names(sources)} {how}")
 
 
+def _slice_in(reader: str, members: list[str], state: Channels) -> tuple[int, int]:
+    """``(start, total)``: where the channels of the group ``members`` sit in ``reader``'s input."""
+    group = set(members)
+    starts, start = [], 0
+    for sources, size in state.segments:
+        if sources & group:
+            starts.append(start)
+        start += size
+    if len(starts) != 1:
+        raise DiscoveryError(
+            f"layer {reader!r} reads the channels of layer(s) {_names(frozenset(members))} "
+            f"{len(starts)} times (a concatenation repeats them)"
+        )
+    return starts[0], state.size
+
+
+def _consumer_slices(
+    graph: _Graph, members: list[str], readers: tuple[str, ...], units: int
+) -> tuple[tuple[int, int], ...]:
+    """``LayerSpec.consumer_slices``: empty unless some reader's input is wider than the group."""
+    slices = tuple(_slice_in(r, members, graph.inputs[r]) for r in readers)
+    return () if all(s == (0, units) for s in slices) else slices
+
+
 def _batch_norms(graph: _Graph) -> dict[str, str]:
     """Layer -> the BatchNorm normalizing its output channels."""
     bn_of: dict[str, str] = {}
@@ -251,15 +289,18 @@ def _specs(graph: _Graph, output: State) -> tuple[LayerSpec, ...]:
     specs = []
     for name in names:
         members = groups[graph.find(name)]
-        readers = set().union(*(direct[m] for m in members))
+        readers = tuple(
+            sorted(set().union(*(direct[m] for m in members)), key=position.__getitem__)
+        )
         specs.append(
             LayerSpec(
                 name=name,
                 kind=kinds[name],
                 bn=bn_of.get(name),
-                consumers=tuple(sorted(readers, key=position.__getitem__)),
+                consumers=readers,
                 tied_group=members[0] if len(members) > 1 else None,
                 is_classifier=name == classifier,
+                consumer_slices=_consumer_slices(graph, members, readers, graph.units[name]),
             )
         )
     return tuple(specs)

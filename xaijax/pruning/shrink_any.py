@@ -4,20 +4,25 @@ intercepted layer calls.
 :func:`shrink_any` slices the variables of an unmodified model by unit keep-masks keyed by layer
 name (module paths, as ``xaijax.models.discover_layer_specs`` gives them): for a kept set ``K_l``
 of layer ``l`` it keeps ``kernel[..., K_l]``, ``bias[K_l]``, the entries ``K_l`` of every leaf of
-its BatchNorm (scale, bias, mean, var) and, in each consumer, the input channels ``K_l`` (for a
-Dense after a flatten, the rows ``r`` with ``r % C in K_l``). The model's own code then runs on
-these narrower variables inside :class:`Narrowed`: every ``nn.Conv`` / ``nn.Dense`` call is
-replaced by a copy of that module (``module.clone``: padding, strides, dilation, bias, dtypes
-kept) whose ``features`` is its sliced kernel's width, so hard-coded widths in the model code do
-not matter. Slicing removes exactly what ``xaijax.pruning.mask_variables`` zeroes, so the
-outputs equal the masked model's up to float reassociation.
+its BatchNorm (scale, bias, mean, var) and, in each consumer, the input channels ``start_c + K_l``
+(``start_c`` where ``l``'s channels begin in that consumer's input after a concatenation,
+``LayerSpec.consumer_slices``; for a Dense after a flatten of ``C`` channels, the rows ``r`` with
+``r % C in start_c + K_l``). The model's own code then runs on these narrower variables inside
+:class:`Narrowed`: every ``nn.Conv`` / ``nn.Dense`` call is replaced by a copy of that module
+(``module.clone``: padding, strides, dilation, bias, dtypes kept) whose ``features`` is its sliced
+kernel's width, so hard-coded widths in the model code do not matter. Slicing removes exactly
+what ``xaijax.pruning.mask_variables`` zeroes, so the outputs equal the masked model's up to float
+reassociation.
 
-What cannot be shrunk raises a ``ValueError`` naming the layer: a concatenation consumer (a
-``LayerSpec`` does not say where each joined layer's channels start), a grouped or masked
-convolution, and model code whose path depends on a width (e.g. ``if x.shape[-1] !=
-self.features``: the narrower model would call layers or create variables the full one does
-not). :func:`traced_layer_costs` counts parameters and FLOPs from the variables and the traced
-output shapes, so on the shrunk model they are the shrunk ones.
+What cannot be shrunk raises a ``ValueError`` naming the layer: a grouped or masked convolution,
+the classifier's units, and model code whose path depends on a width. The last is a property of
+the model's Python code, not of the trace: a residual block written ``if x.shape[-1] !=
+self.features: x = project(x)`` takes its projection branch once the tied group feeding it is
+narrower than ``features``, so the shrunk model would call a layer (and need variables) the full
+model does not have; the error names that layer, the module whose code called it and the pruned
+layers feeding that module (comparing the two branches' shapes, as Flax's ResNet example does,
+keeps the path). :func:`traced_layer_costs` (``xaijax.models.costs``) counts parameters and FLOPs
+from the variables and the traced output shapes, so on the shrunk model they are the shrunk ones.
 """
 
 from __future__ import annotations
@@ -26,18 +31,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from flax.core import unfreeze
-from flax.errors import FlaxError
 
-from xaijax.models import LayerSpec, discover_layer_specs
+from xaijax.models import LayerSpec, consumer_slice, discover_layer_specs
+from xaijax.models.costs import call_shapes, flat_by_path, module_leaves, traced_layer_costs
 from xaijax.models.discovery import layer_kind, scope_path
 from xaijax.pruning.apply import Variables, _checked_unit_masks, _input_channel_mask
 
-__all__ = ["Narrowed", "shrink_any", "traced_layer_costs"]
+__all__ = ["Narrowed", "PathChangedError", "shrink_any", "traced_layer_costs"]
 
 
 def _narrow_call(module: nn.Module, name: str, kind: str, args: tuple, kwargs: dict) -> Any:
@@ -60,6 +63,19 @@ def _narrow_call(module: nn.Module, name: str, kind: str, args: tuple, kwargs: d
     return narrow.apply({"params": params}, *args, **kwargs)
 
 
+class PathChangedError(ValueError):
+    """The shrunk model calls a layer the full model does not (its code depends on a width)."""
+
+    def __init__(self, layer: str, caller: str, width: int | None):
+        self.layer, self.caller, self.width = layer, caller, width
+        seen = "" if width is None else f" when its input has {width} channels"
+        super().__init__(
+            f"the shrunk model calls layer {layer!r}, which the full model does not: the code of "
+            f"module {caller!r} takes another path{seen} (e.g. it compares an input width with "
+            "a hard-coded one)"
+        )
+
+
 class Narrowed(nn.Module):
     """``model``'s code run on shrunk variables: each Conv / Dense of ``layers`` (module paths)
     runs at its kernel's width. Same variable names as ``model``; built by :func:`shrink_any`.
@@ -73,101 +89,91 @@ class Narrowed(nn.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         layers = frozenset(self.layers)
+        input_widths: dict[str, int] = {}  # module path -> channels of its last input
 
         def intercept(next_fun, call_args, call_kwargs, context):
             module = context.module
             kind = layer_kind(module)
             name = scope_path(module)
-            if (
-                context.method_name != "__call__"
-                or kind is None
-                or not name  # The unbound copy _narrow_call applies.
-                or module.is_initializing()
-            ):
+            if context.method_name != "__call__" or not name or module.is_initializing():
+                return next_fun(*call_args, **call_kwargs)  # not name: _narrow_call's copy.
+            if kind is None:
+                if call_args and hasattr(call_args[0], "shape") and call_args[0].ndim:
+                    input_widths[name] = int(call_args[0].shape[-1])
                 return next_fun(*call_args, **call_kwargs)
             if name not in layers:
-                raise ValueError(
-                    f"the shrunk model calls layer {name!r}, which the full model does not: the "
-                    "model's code takes another path at the narrower widths (e.g. it compares "
-                    "an input width with a hard-coded one)"
-                )
+                caller = name.rsplit("/", 1)[0] if "/" in name else ""
+                raise PathChangedError(name, caller, input_widths.get(caller))
             return _narrow_call(module, name, kind, call_args, call_kwargs)
 
         with nn.intercept_methods(intercept):
             return self.model(*args, **kwargs)
 
 
-def _by_path(tree: Mapping[str, Any]) -> dict[str, Any]:
-    """A collection flattened to ``{"Block_0/Conv_1/kernel": leaf}`` (numpy leaves)."""
-    return {
-        k: np.asarray(v) for k, v in traverse_util.flatten_dict(unfreeze(tree), sep="/").items()
-    }
-
-
 def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
 
 
-def _leaves_of(flat: Mapping[str, Any], module: str) -> list[str]:
-    return [key for key in flat if key.rsplit("/", 1)[0] == module]
-
-
-def _check_shrinkable(
-    specs: Sequence[LayerSpec], checked: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Consumer -> the channel keep-mask of its (single) producer group; raises for a removed
-    classifier unit, an empty layer and a pruned producer whose consumer reads a concatenation."""
+def _check_shrinkable(specs: Sequence[LayerSpec], checked: Mapping[str, np.ndarray]) -> None:
+    """Raises for a removed classifier unit and for a layer left without units."""
     by_name = {spec.name: spec for spec in specs}
-    producers: dict[str, set[str]] = {}
-    for spec in specs:
-        for consumer in spec.consumers:
-            producers.setdefault(consumer, set()).add(spec.tied_group or spec.name)
-    producer_of: dict[str, np.ndarray] = {}
     for name, keep in checked.items():
-        spec = by_name[name]
-        if spec.is_classifier and not keep.all():
+        if by_name[name].is_classifier and not keep.all():
             raise ValueError(f"cannot shrink the classifier {name!r}: its units are the classes")
         if not keep.any():
             raise ValueError(f"unit mask of {name!r} removes every unit")
+
+
+def _input_rows(
+    specs: Sequence[LayerSpec], params: Mapping[str, np.ndarray], checked: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Consumer -> keep-mask over its kernel's input axis: the rows no pruned producer removes
+    (each producer's channels at their place in the consumer's input)."""
+    by_name = {spec.name: spec for spec in specs}
+    rows: dict[str, np.ndarray] = {}
+    for name, keep in checked.items():
         if keep.all():
-            continue  # Nothing to slice, in this layer or its consumers.
-        for consumer in spec.consumers:
-            if len(producers[consumer]) > 1:
+            continue  # Nothing to slice in its consumers.
+        spec = by_name[name]
+        for index, consumer in enumerate(spec.consumers):
+            kernel = params[f"{consumer}/kernel"]
+            start, total = consumer_slice(spec, index, keep.size)
+            try:
+                kept = _input_channel_mask(kernel, by_name[consumer].kind, keep, start, total)
+            except ValueError as err:
                 raise ValueError(
-                    f"cannot shrink layer {name!r}: its consumer {consumer!r} reads a "
-                    f"concatenation of layers {sorted(producers[consumer])}, and a LayerSpec "
-                    "does not say where each one's channels start"
-                )
-            producer_of[consumer] = keep
-    return producer_of
+                    f"cannot slice the input channels of layer {consumer!r} for layer {name!r}: "
+                    f"{err} (its input joins {name!r}'s channels with others the specs do not "
+                    "place: give consumer_slices)"
+                ) from err
+            rows[consumer] = kept & rows.get(consumer, True)
+    return rows
 
 
 def _slice_variables(
     specs: Sequence[LayerSpec], variables: Variables, checked: Mapping[str, np.ndarray]
 ) -> dict[str, Any]:
-    producer_of = _check_shrinkable(specs, checked)
-    flat = {col: _by_path(tree) for col, tree in variables.items()}
+    _check_shrinkable(specs, checked)
+    flat = {
+        col: {k: np.asarray(v) for k, v in flat_by_path(tree).items()}
+        for col, tree in variables.items()
+    }
     params = flat["params"]
+    rows = _input_rows(specs, params, checked)
     for spec in specs:
         key = f"{spec.name}/kernel"
-        if spec.name in producer_of:
-            try:
-                rows = _input_channel_mask(params[key], spec.kind, producer_of[spec.name])
-            except ValueError as err:
-                raise ValueError(
-                    f"cannot slice the input channels of layer {spec.name!r}: {err} (its input "
-                    "joins its producer's channels with others)"
-                ) from err
-            params[key] = params[key][..., rows, :] if spec.kind == "conv" else params[key][rows]
+        if spec.name in rows:
+            kept = rows[spec.name]
+            params[key] = params[key][..., kept, :] if spec.kind == "conv" else params[key][kept]
         if spec.name not in checked:
             continue
         keep = checked[spec.name]
-        for leaf in _leaves_of(params, spec.name):
+        for leaf in module_leaves(params, spec.name):
             params[leaf] = params[leaf][..., keep]  # kernel [..., out], bias [out]
         if spec.bn is None:
             continue
         for col_flat in flat.values():
-            for leaf in _leaves_of(col_flat, spec.bn):
+            for leaf in module_leaves(col_flat, spec.bn):
                 if col_flat[leaf].shape[-1:] != keep.shape:
                     raise ValueError(
                         f"BatchNorm {spec.bn!r} of layer {spec.name!r}: {leaf!r} has shape "
@@ -177,35 +183,24 @@ def _slice_variables(
     return {col: _nested(col_flat) for col, col_flat in flat.items()}
 
 
-def _call_shapes(
-    model: nn.Module, variables: Variables, example_input: Any, layers: frozenset[str], **kwargs
-) -> dict[str, tuple[int, ...]]:
-    """Output shape of every Conv / Dense call of ``model`` on ``example_input`` (no compute)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(next_fun, args, call_kwargs, context):
-        out = next_fun(*args, **call_kwargs)
-        module = context.module
-        name = scope_path(module)
-        if context.method_name == "__call__" and layer_kind(module) and name in layers:
-            shapes[name] = tuple(out.shape)
-        return out
-
-    def run(v, x):
-        with nn.intercept_methods(record):
-            return model.apply(v, x, **kwargs)
-
-    try:
-        jax.eval_shape(run, variables, example_input)
-    except FlaxError as err:
-        raise ValueError(
-            "the model does not run on these variables; for a shrunk model, its code probably "
-            f"depends on a layer width or has width-shaped variables of its own: {err}"
-        ) from err
-    missing = sorted(layers - set(shapes))
-    if missing:
-        raise ValueError(f"the model never calls layer(s) {missing} on example_input")
-    return shapes
+def _path_changed(
+    err: PathChangedError, specs: Sequence[LayerSpec], checked: Mapping[str, np.ndarray]
+) -> ValueError:
+    """``err`` with the pruned layers whose channels reach the module that changed its path."""
+    inside = f"{err.caller}/" if err.caller else ""
+    feeding = sorted(
+        spec.name
+        for spec in specs
+        if spec.name in checked
+        and not checked[spec.name].all()
+        and any(c.startswith(inside) and not spec.name.startswith(inside) for c in spec.consumers)
+    )
+    hint = (
+        f"; layer(s) {feeding} feed it narrowed: keep their group whole (unit masks of all True)"
+        if feeding
+        else ""
+    )
+    return ValueError(f"{err}{hint}")
 
 
 def shrink_any(
@@ -233,43 +228,17 @@ def shrink_any(
     if specs is None:
         specs = discover_layer_specs(model, example_input, **apply_kwargs)
     specs = tuple(specs)
-    flat_params = _by_path(variables["params"])
-    kernels = {}
-    for spec in specs:
-        if f"{spec.name}/kernel" not in flat_params:
-            raise ValueError(f"layer {spec.name!r} has no kernel in variables['params']")
-        kernels[spec.name] = {"kernel": flat_params[f"{spec.name}/kernel"]}
-    checked = _checked_unit_masks(specs, kernels, unit_masks)
+    flat_params = flat_by_path(variables["params"])
+    missing = [s.name for s in specs if f"{s.name}/kernel" not in flat_params]
+    if missing:
+        raise ValueError(f"layer(s) {missing} have no kernel in variables['params']")
+    checked = _checked_unit_masks(specs, variables["params"], unit_masks)
     narrow_variables = _slice_variables(specs, variables, checked)
     narrow = Narrowed(model, tuple(spec.name for spec in specs))
-    _call_shapes(narrow, narrow_variables, example_input, frozenset(narrow.layers), **apply_kwargs)
+    try:
+        call_shapes(
+            narrow, narrow_variables, example_input, frozenset(narrow.layers), **apply_kwargs
+        )
+    except PathChangedError as err:
+        raise _path_changed(err, specs, checked) from err
     return narrow, narrow_variables
-
-
-def traced_layer_costs(
-    model: nn.Module,
-    variables: Variables,
-    specs: Sequence[LayerSpec],
-    example_input: Any,
-    **apply_kwargs: Any,
-) -> dict[str, dict[str, int]]:
-    """Parameters and FLOPs per example of every layer of ``specs``, as ``models.layer_costs``
-    counts them, for any model (a :class:`Narrowed` one included).
-
-    ``params``: kernel, bias and the BatchNorm's params; ``flops``: ``2 * positions *
-    kernel.size``, positions being the layer's output positions per example (1 for a Dense on a
-    vector), read from the traced output shapes.
-    """
-    specs = tuple(specs)
-    params = _by_path(variables["params"])
-    shapes = _call_shapes(
-        model, variables, example_input, frozenset(s.name for s in specs), **apply_kwargs
-    )
-    costs = {}
-    for spec in specs:
-        modules = [spec.name] + ([spec.bn] if spec.bn is not None else [])
-        n_params = sum(params[leaf].size for m in modules for leaf in _leaves_of(params, m))
-        kernel = params[f"{spec.name}/kernel"]
-        positions = int(np.prod(shapes[spec.name][1:-1]))
-        costs[spec.name] = {"params": int(n_params), "flops": 2 * positions * int(kernel.size)}
-    return costs

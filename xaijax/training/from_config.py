@@ -47,6 +47,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
         config.model.name,
         num_classes=config.model.num_classes,
         widths=config_utils.model_widths(config),
+        model_kwargs=config_utils.model_kwargs(config) or None,
     )
 
 
