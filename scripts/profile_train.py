@@ -347,6 +347,15 @@ def print_table(name: str, xla: dict, pytorch: dict, walls: tuple[float, float])
         ratio = f"{x / t:.2f}" if t > 0.005 else "-"
         print(f"| {row} | {x:.2f} | {t:.2f} | {ratio} |")
         table.append({"op": row, "xaijax_ms": x, "pytorch_ms": t})
+    kinds: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for row in set(xla) | set(pytorch):
+        kind = re.sub(r"^conv\d+_bn ", "BatchNorm + relu ", row)
+        kind = re.sub(r"^conv\d+ ", "all convs ", re.sub(r"^fc\d+ ", "all dense ", kind))
+        kinds[kind][0] += xla.get(row, 0.0)
+        kinds[kind][1] += pytorch.get(row, 0.0)
+    for kind, (x, t) in sorted(kinds.items()):
+        if kind.startswith(("all ", "BatchNorm")) and t > 0.005:
+            print(f"| *{kind}* | {x:.2f} | {t:.2f} | {x / t:.2f} |")
     x_sum, t_sum = sum(xla.values()), sum(pytorch.values())
     print(f"| **sum of ops** | {x_sum:.2f} | {t_sum:.2f} | {x_sum / t_sum:.2f} |")
     print(f"| **wall per step** | {walls[0]:.2f} | {walls[1]:.2f} | {walls[0] / walls[1]:.2f} |")
