@@ -362,8 +362,8 @@ def test_nested_model_scoring_pruning_and_sharing():
     assert "Stage_0/ShapeComparingBlock_1/Conv_0" in names
     data = (np.asarray(x), np.array([1, 7], np.int32))
 
-    # A unit whose kernel slice and bias are zero outputs 0 at every input: every criterion scores it 0,
-    # at its own layer, where it scored > 0 before (a misplaced layer lookup would move the 0).
+    # A unit whose kernel slice and bias are zero outputs 0 at every input: every criterion
+    # scores it 0 at its own layer, where it scored > 0 before (a misplaced lookup moves the 0).
     dead = {s.name: i % 4 for i, s in enumerate(specs) if not s.is_classifier}
     dead_params = by_layer(variables["params"])
     for name, unit in dead.items():
@@ -387,6 +387,12 @@ def test_nested_model_scoring_pruning_and_sharing():
     masked = masked_outputs(model, specs, variables, masks, x, kwargs)
     close(masked, zeroed_outputs(model, specs, variables, masks, x, kwargs))
     close(narrow.apply(narrow_variables, x, **kwargs), masked)
+    # The shrunk model quantizes like any other: the narrow model on fake-quantized kernels.
+    bits = bit_allocation(specs)
+    close(
+        quantize_any(narrow, bits, backend="reference").apply(narrow_variables, x, **kwargs),
+        narrow.apply(with_kernels(narrow_variables, bits, straight_through), x, **kwargs),
+    )
 
     # Weight sharing of the shrunk model, weighted by its DeepLIFT weight scores, with a weight
     # mask: codebooks keyed by module path, pruned weights exactly zero after decoding.

@@ -77,15 +77,17 @@ class PathChangedError(ValueError):
 
 
 class Narrowed(nn.Module):
-    """``model``'s code run on shrunk variables: each Conv / Dense of ``layers`` (module paths)
-    runs at its kernel's width. Same variable names as ``model``; built by :func:`shrink_any`.
-    ``init`` creates the full model's variables; the narrow ones come from :func:`shrink_any`."""
+    """The code of ``full`` (the unshrunk model) run on shrunk variables: each Conv / Dense of
+    ``layers`` (module paths) runs at its kernel's width. Same variable names as ``full``; built
+    by :func:`shrink_any`. ``init`` creates the full model's variables; the narrow ones come from
+    :func:`shrink_any`. (The field is not called ``model``, so that wrappers sharing their scope
+    with a ``model`` field, such as ``quantize_any``'s, can hold a Narrowed.)"""
 
-    model: nn.Module
+    full: nn.Module
     layers: tuple[str, ...]
 
     def setup(self) -> None:
-        nn.share_scope(self, self.model)
+        nn.share_scope(self, self.full)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         layers = frozenset(self.layers)
@@ -107,7 +109,7 @@ class Narrowed(nn.Module):
             return _narrow_call(module, name, kind, call_args, call_kwargs)
 
         with nn.intercept_methods(intercept):
-            return self.model(*args, **kwargs)
+            return self.full(*args, **kwargs)
 
 
 def _nested(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,7 +236,8 @@ def shrink_any(
         raise ValueError(f"layer(s) {missing} have no kernel in variables['params']")
     checked = _checked_unit_masks(specs, variables["params"], unit_masks)
     narrow_variables = _slice_variables(specs, variables, checked)
-    narrow = Narrowed(model, tuple(spec.name for spec in specs))
+    full = model.full if isinstance(model, Narrowed) else model  # Shrinking again: same code.
+    narrow = Narrowed(full, tuple(spec.name for spec in specs))
     try:
         call_shapes(
             narrow, narrow_variables, example_input, frozenset(narrow.layers), **apply_kwargs

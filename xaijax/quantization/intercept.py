@@ -46,6 +46,9 @@ def _quantized_call(
     fields = dict.fromkeys(_OP_FIELDS[kind])
     fields.update(layer_kwargs)
     params = module.variables["params"]
+    # The width of its kernel: under xaijax.pruning.Narrowed the kernel is narrower than the
+    # module's field (for any other layer the two are equal).
+    fields["features"] = int(params["kernel"].shape[-1])
     return module.clone(parent=None, **fields).apply({"params": params}, *args, **kwargs)
 
 
