@@ -25,5 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.compress.stages = ("joint",)
     config.compress.export_artifact = False
     config.compress.explain_consistency = False
-    XX
+    config.joint = ml_collections.ConfigDict(
+        {"budgets": (14_900, 19_100), "budget_unit": "bytes", "finetune_epochs": 1, "seed": 0}
+    )
     return config
