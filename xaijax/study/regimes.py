@@ -22,6 +22,7 @@ from typing import Any
 
 from xaijax import report
 from xaijax.study.summary import (
+    MEASURES,
     by_method,
     cells_of,
     compare,
@@ -165,7 +166,15 @@ def tables(
     ]
     for cell in summary["cells"]:
         label = setting_label(cell["setting"])
-        lines += [f"## {cell['stage']}: {label}", "", method_table(cell), ""]
+        if cell["recipe"].get("finetune_epochs") == 0:  # One accuracy: no fine-tuning.
+            table = method_table(
+                cell,
+                labels={"accuracy": "accuracy (pruned, not fine-tuned)"},
+                measures=[m for m in MEASURES if m != "accuracy_before_finetune"],
+            )
+        else:
+            table = method_table(cell)
+        lines += [f"## {cell['stage']}: {label}", "", table, ""]
         here = [
             e for e in entries if e["stage"] == cell["stage"] and e["setting"] == cell["setting"]
         ]

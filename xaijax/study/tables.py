@@ -82,13 +82,19 @@ def _level(summary: Mapping[str, Any]) -> str:
     return f"{100 * spec['confidence']:g}% {spec['method']}"
 
 
-def method_table(cell: Mapping[str, Any]) -> str:
-    """One row per method: mean ± std of every measure it has, and n seeds."""
-    labels = {**LABELS[cell["stage"]], **COLUMN_LABELS}
+def method_table(
+    cell: Mapping[str, Any],
+    *,
+    labels: Mapping[str, str] | None = None,
+    measures: Sequence[str] = MEASURES,
+) -> str:
+    """One row per method: mean ± std of every measure of ``measures`` it has, and n seeds;
+    columns named by ``labels`` (default: the stage's :data:`LABELS`)."""
+    labels = {**LABELS[cell["stage"]], **COLUMN_LABELS, **(labels or {})}
     rows = []
     for entry in cell["methods"]:
         row = {"method": entry["method"], "n seeds": entry["n"]}
-        for measure in MEASURES:
+        for measure in measures:
             if measure in entry:
                 row[labels[measure]] = _pm(entry[measure], count=measure in COLUMN_LABELS)
         rows.append(row)
