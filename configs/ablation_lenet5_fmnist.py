@@ -36,6 +36,11 @@ def _prune(**fields) -> dict:
     return {"stage": "prune", "overrides": {"prune": fields}}
 
 
+def _scored(**importance) -> dict:
+    """A pruning variant that changes how DeepLIFT scores (``prune.importance``)."""
+    return _prune(importance=importance)
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = _study_config()
     variants = ml_collections.ConfigDict(
@@ -46,11 +51,11 @@ def get_config() -> ml_collections.ConfigDict:
                 "overrides": {"share": {"importance_exponent": 0.5}},
             },
             "deeplift+rerun": _prune(),
-            "deeplift+reference=mean": _prune(reference="mean"),
+            "deeplift+reference=mean": _scored(reference="mean"),
             "deeplift_shap": _prune(criterion="deeplift_shap"),
-            "deeplift+target=all": _prune(target="all"),
-            "deeplift+target=predicted": _prune(target="predicted"),
-            "deeplift+reference=blur": _prune(reference="blur"),
+            "deeplift+target=all": _scored(target="all"),
+            "deeplift+target=predicted": _scored(target="predicted"),
+            "deeplift+reference=blur": _scored(reference="blur"),
             "deeplift+global+normalize=mean": _prune(scope="global", normalize="mean"),
             "deeplift+global+normalize=l2": _prune(scope="global", normalize="l2"),
         },

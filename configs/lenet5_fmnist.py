@@ -26,13 +26,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.granularity = "hybrid"
     config.prune.conv_sparsity = 0.5
     config.prune.dense_sparsity = 0.9
-    config.prune.num_examples = 5000
+    config.prune.importance.num_examples = 5000
     config.prune.iterations = 2
     config.prune.finetune_epochs = 2
     config.prune.finetune_learning_rate = 1e-3
     config.share.bits = (2, 4)
     config.share.importances = ("uniform", "magnitude", "deeplift")
-    config.share.num_examples = 5000
+    config.share.importance.num_examples = 5000
     config.share.finetune_epochs = 1
     config.quantize.budgets = (3.0, 4.0)
     config.quantize.finetune_epochs = 1

@@ -9,7 +9,7 @@ the fraction of the dense model's parameters kept):
 * ``oneshot+keep30``: one round at a milder size (25% of the filters, 30% of the parameters
   kept), no fine-tuning;
 * ``oneshot+keep30+<k>pc``: the same, scored from ``k`` = 1, 5, 20 examples of every class
-  (``prune.examples_per_class``, drawn by the seed), the scarce-data regime;
+  (``prune.importance.examples_per_class``, drawn by the seed), the scarce-data regime;
 * ``fine-tuned``: LRP in the study's own recipe (two rounds of prune + 2 epochs), paired with the
   study's DeepLIFT, Taylor and magnitude rows.
 
@@ -44,7 +44,7 @@ def regimes() -> dict:
     }
     for per_class in (1, 5, 20):
         found[f"oneshot+keep30+{per_class}pc"] = {
-            "prune": {**ONE_SHOT, **MILD, "examples_per_class": per_class}
+            "prune": {**ONE_SHOT, **MILD, "importance": {"examples_per_class": per_class}}
         }
     return found
 

@@ -47,19 +47,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.prune.granularity = "hybrid"
     config.prune.conv_sparsity = 0.5
     config.prune.dense_sparsity = 0.9
-    config.prune.num_examples = 2000
+    config.prune.importance.num_examples = 2000
     config.prune.iterations = 1
     config.prune.finetune_epochs = 1
     config.prune.finetune_learning_rate = 5e-3
     config.prune.param_budget = 0.07
     config.share.bits = (2, 4)
     config.share.importances = ("uniform", "magnitude", "deeplift")
-    config.share.num_examples = 2000
+    config.share.importance.num_examples = 2000
     config.share.finetune_epochs = 1
     config.share.finetune_learning_rate = 1e-3
     config.quantize.budgets = (3.0, 4.0)
     config.quantize.finetune_epochs = 1
-    config.quantize.importance_examples = 1000
+    config.quantize.importance.num_examples = 1000
     config.quantize.hessian_examples = 1000
     # Weight-only QAT through the plain-JAX reference backend: the same numerics and straight-
     # through gradients as AQT (tests/test_quantization*.py), but a plain convolution. AQT runs

@@ -1,11 +1,11 @@
 """Joint pruning and bit allocation under byte budgets (see ``xaijax.experiments.joint``).
 
     python scripts/joint.py --config configs/lenet5_fmnist.py --workdir runs/lenet5_joint \\
-        [--config.joint.variables=runs/lenet5/baseline/variables \\
+        [--config.joint.variables_dir=runs/lenet5/baseline/variables \\
          --config.joint.budgets='(0.03,0.06)' --config.joint.finetune_epochs=2]
 
-Without ``--config.joint.variables`` it trains (or reuses) the float baseline in
-``<workdir>/float``.
+Without ``--config.joint.variables_dir`` it trains (or reuses) the float baseline in
+``--config.joint.trained_workdir`` (default ``<workdir>/trained``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """Mixed-precision quantization experiment (see ``xaijax.experiments.quantize``).
 
     python scripts/quantize.py --config configs/lenet5_fmnist.py --workdir runs/lenet5_quant \\
-        [--config.quantize.variables=runs/lenet5/variables --config.quantize.finetune_epochs=2]
+        [--config.quantize.variables_dir=runs/lenet5/baseline/variables \\
+         --config.quantize.finetune_epochs=2]
+
+Without ``--config.quantize.variables_dir`` it trains (or reuses) the float baseline in
+``--config.quantize.trained_workdir`` (default ``<workdir>/trained``).
 """
 
 from __future__ import annotations

@@ -429,7 +429,7 @@ def test_prune_run_distills_from_the_dense_model_and_records_the_recipe(tmp_path
 
     config = _digits_config(distill_weight=0.5)
     config.prune = ml_collections.ConfigDict(
-        {"criterion": "magnitude", "num_examples": 64, "finetune_epochs": 1}
+        {"criterion": "magnitude", "importance": {"num_examples": 64}, "finetune_epochs": 1}
     )
     model = _Mlp(bn=True)
     variables = jax.device_get(_state(model, 0).variables)

@@ -257,8 +257,7 @@ def test_joint_stage_end_to_end_on_digits(tmp_path):
             "levels": (0.0, 0.5),
             "bit_choices": (2, 4, 8),
             "finetune_epochs": 1,
-            "importance_examples": 64,
-            "importance_batch_size": 64,
+            "importance": {"num_examples": 64, "batch_size": 64},
         }
     )
     results = experiment.run(config, tmp_path / "run", model=model, variables=variables)

@@ -185,8 +185,7 @@ def test_quantize_rerun_with_a_changed_field_reports_only_new_runs(tmp_path, sta
         "strategies": ("uniform",),
         "finetune_epochs": 1,
         "finetune_batch_size": 64,
-        "importance_examples": 32,
-        "importance_batch_size": 32,
+        "importance": {"num_examples": 32, "batch_size": 32},
         "hessian_examples": 32,
         "hessian_samples": 1,
     }
@@ -202,7 +201,7 @@ def test_quantize_rerun_with_a_changed_field_reports_only_new_runs(tmp_path, sta
 
 def test_prune_run_rerun_with_a_changed_field_equals_a_fresh_run(tmp_path, start):
     model, variables, splits = start
-    fields = {"num_examples": 64, "finetune_epochs": 1, "granularity": "unit"}
+    fields = {"importance": {"num_examples": 64}, "finetune_epochs": 1, "granularity": "unit"}
     kwargs = {"model": model, "variables": variables, "splits": splits}
     old = prune_experiment.run(smoke_config(prune=fields), tmp_path / "run", **kwargs)
     changed = smoke_config(prune={**fields, "finetune_learning_rate": 5e-3})
@@ -216,7 +215,7 @@ def test_prune_run_rerun_with_a_changed_field_equals_a_fresh_run(tmp_path, start
 def test_sweep_rerun_with_a_changed_field_reports_only_new_rows(tmp_path, start):
     model, variables, _ = start
     axes = {"criteria": ("magnitude",), "sparsities": (0.5,), "granularities": ("unit",)}
-    fields = {"num_examples": 64, "finetune_epochs": 1}
+    fields = {"importance": {"num_examples": 64}, "finetune_epochs": 1}
     kwargs = {"model": model, "variables": variables, **axes}
     old = sweep_experiment.sweep(smoke_config(prune=fields), tmp_path / "run", **kwargs)
     changed = smoke_config(prune={**fields, "finetune_learning_rate": 5e-3})
@@ -234,7 +233,7 @@ def test_integer_export_that_scores_differently_is_refused(tmp_path, start, monk
     fake-quantized model (a perturbed dequantization must raise, not be reported)."""
     model, variables, splits = start
     fields = {"budgets": (4.0,), "strategies": ("uniform",), "finetune_epochs": 0}
-    fields.update(importance_examples=32, hessian_examples=32, hessian_samples=1)
+    fields.update(importance={"num_examples": 32}, hessian_examples=32, hessian_samples=1)
     real = quantize_experiment.dequantize
 
     def perturbed(exported):
@@ -295,7 +294,9 @@ def test_share_importance_exponent_is_neutral_at_one():
 
 def test_prune_scarce_data_scores_the_balanced_examples_and_enters_the_fingerprint(start):
     model, variables, splits = start
-    scarce = smoke_config(prune={"criterion": "deeplift", "examples_per_class": 2, "seed": 3})
+    scarce = smoke_config(
+        prune={"criterion": "deeplift", "importance": {"examples_per_class": 2}, "seed": 3}
+    )
     scores = prune_experiment.score_fn(scarce.prune, model, splits.train)(variables, "unit")
     balanced = data.balanced_subset(splits.train, 2, seed=3)
     expected = importance.score(
@@ -304,5 +305,5 @@ def test_prune_scarce_data_scores_the_balanced_examples_and_enters_the_fingerpri
     chex.assert_trees_all_close(scores, jax.device_get(expected), rtol=1e-6)
     default = prune_experiment.stage_fingerprint(smoke_config(), model, "s").inputs
     changed = prune_experiment.stage_fingerprint(scarce, model, "s").inputs
-    assert "prune.examples_per_class" not in default
-    assert changed["prune.examples_per_class"] == 2
+    assert "prune.importance.examples_per_class" not in default
+    assert changed["prune.importance.examples_per_class"] == 2

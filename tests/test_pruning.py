@@ -527,7 +527,7 @@ def digits_smoke_config(prune_fields):
     config = module.get_config()
     config.model.widths = TINY_WIDTHS
     config.prune = ml_collections.ConfigDict(
-        {"num_examples": 64, "finetune_epochs": 1, **prune_fields}
+        {"importance": {"num_examples": 64}, "finetune_epochs": 1, **prune_fields}
     )
     return config
 

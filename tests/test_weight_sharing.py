@@ -473,7 +473,11 @@ def test_share_experiment_end_to_end_from_pruned_variables(tmp_path):
     kernel[::2] = 0.0  # pruned weights: they must stay out of the clustering and stay zero
     variables["params"]["fc1"]["kernel"] = kernel
     config.share = ml_collections.ConfigDict(
-        {"bits": (2,), "importances": ("magnitude",), "num_examples": 64, "score_batch_size": 64}
+        {
+            "bits": (2,),
+            "importances": ("magnitude",),
+            "importance": {"num_examples": 64, "batch_size": 64},
+        }
     )
     results = share.run(config, tmp_path / "run", variables=variables)
     assert results["pruned_weights"] == int(np.sum(kernel == 0))

@@ -344,6 +344,10 @@ def test_kmeans_fingerprints_are_those_from_before_ecq():
     # The section before ECQ and the importance exponent existed (the exponent at its neutral 1).
     new_fields = ("assignments", "ecq_lambda", "importance_exponent")
     old_section = {k: v for k, v in section.to_dict().items() if k not in new_fields}
+    # The importance sub-section's scarce-data field at its neutral value (off) is left out too.
+    old_section["importance"] = {
+        k: v for k, v in old_section["importance"].items() if k != "examples_per_class"
+    }
     old_base = provenance.fingerprint(
         unit="share",
         model=provenance.model_identity(model),
@@ -364,7 +368,12 @@ def test_kmeans_fingerprints_are_those_from_before_ecq():
     scoring = {f"share.{f}" for f in share.SCORING_FIELDS}
     expected = {}
     for name in section.importances:
-        inputs = {k: v for k, v in old_base.inputs.items() if name != "uniform" or k not in scoring}
+        inputs = {
+            k: v
+            for k, v in old_base.inputs.items()
+            if name != "uniform"
+            or not (k in scoring or k.startswith(tuple(f"{s}." for s in scoring)))
+        }
         for bits in section.bits:
             expected[name, bits] = provenance.Fingerprint(inputs).extend(importance=name, bits=bits)
 

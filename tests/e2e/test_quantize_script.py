@@ -34,8 +34,7 @@ def get_config():
             "budgets": (4.0,),
             "finetune_epochs": 1,
             "finetune_batch_size": 64,
-            "importance_examples": 64,
-            "importance_batch_size": 64,
+            "importance": {{"num_examples": 64, "batch_size": 64}},
             "hessian_examples": 64,
             "hessian_samples": 2,
         }}
@@ -62,7 +61,7 @@ def test_quantize_script_end_to_end(tmp_path):
         tmp_path,
         f"--config={config_path}",
         f"--workdir={workdir}",
-        f"--config.quantize.variables={tmp_path / 'variables'}",
+        f"--config.quantize.variables_dir={tmp_path / 'variables'}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -91,7 +90,7 @@ def test_quantize_script_end_to_end(tmp_path):
     config_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_module)
     config = config_module.get_config()
-    config.quantize.variables = str(tmp_path / "variables")
+    config.quantize.variables_dir = str(tmp_path / "variables")
     rerun = quantize.run(config, workdir)
     assert {p: p.stat().st_mtime_ns for p in (workdir / "allocations").rglob("*.json")} == run_files
     assert [r["qat_accuracy"] for r in rerun["runs"]] == [

@@ -38,9 +38,14 @@ def get_config():
     config.compress.criteria = ("deeplift", "magnitude")
     config.compress.explain_examples = 1
     config.compress.importance_examples = 32
-    config.prune.update(dict(num_examples=64, score_batch_size=64, finetune_epochs=1))
+    config.prune.update(dict(importance=dict(num_examples=64, batch_size=64), finetune_epochs=1))
     config.share.update(
-        dict(bits=(2,), importances=("uniform", "deeplift"), num_examples=64, finetune_epochs=1)
+        dict(
+            bits=(2,),
+            importances=("uniform", "deeplift"),
+            importance=dict(num_examples=64),
+            finetune_epochs=1,
+        )
     )
     config.quantize.update(
         dict(
@@ -48,8 +53,7 @@ def get_config():
             strategies=("uniform", "deeplift_sensitivity"),
             finetune_epochs=1,
             finetune_batch_size=64,
-            importance_examples=32,
-            importance_batch_size=32,
+            importance=dict(num_examples=32, batch_size=32),
             hessian_examples=32,
             hessian_samples=1,
         )

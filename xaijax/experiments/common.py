@@ -15,12 +15,11 @@ or refuses (``'strict'``).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -28,9 +27,11 @@ import ml_collections
 import numpy as np
 import optax
 from etils import epath
+from ml_collections import config_dict
 
 from xaijax import checkpoint, config_utils, data, provenance, pruning, training
 from xaijax.experiments import recipe
+from xaijax.experiments.sections import plain, section
 
 Variables = Mapping[str, Any]
 
@@ -43,24 +44,6 @@ NON_RESULT_TRAIN_FIELDS = (
     "eval_every_epochs",
     "multihost",
 )
-
-
-def plain(
-    section: Any, drop: tuple[str, ...] = (), neutral: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """A config section as a plain dict without the fields ``drop``, and without each field of
-    ``neutral`` whose value is its neutral one.
-
-    ``neutral`` names fields added after results were cached, at the value that reproduces the
-    computation they had before (e.g. ``quantize.backend="aqt"``): a fingerprint then leaves them
-    out, so those results stay valid, and includes them as soon as they change anything."""
-    given = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    neutral = neutral or {}
-    return {
-        key: value
-        for key, value in given.items()
-        if key not in drop and not (key in neutral and value == neutral[key])
-    }
 
 
 def resume_policy(config: ml_collections.ConfigDict) -> str:
@@ -102,6 +85,22 @@ def load_or_train(config: ml_collections.ConfigDict, trained_workdir: epath.Path
     return load_variables(variables_dir)
 
 
+#: The fields of every stage's section that locate its starting point (the digest of the
+#: starting variables stands for them in fingerprints): saved variables to start from, else the
+#: workdir of the baseline, trained there when absent.
+STARTING_POINT_FIELDS = ("variables_dir", "trained_workdir")
+
+
+def starting_point_defaults() -> dict[str, Any]:
+    """The :data:`STARTING_POINT_FIELDS` of a stage's section: ``variables_dir`` (variables saved
+    by ``checkpoint.save_variables``; None: the baseline) and ``trained_workdir`` (where the
+    baseline is trained if absent; None: ``<stage workdir>/trained``)."""
+    return {
+        "variables_dir": config_dict.placeholder(str),
+        "trained_workdir": config_dict.placeholder(str),
+    }
+
+
 def starting_point(
     config: ml_collections.ConfigDict,
     model: nn.Module | None,
@@ -118,6 +117,57 @@ def starting_point(
             load_variables(saved) if saved is not None else load_or_train(config, trained_workdir)
         )
     return (model if model is not None else training.model_from_config(config)), variables
+
+
+def start_from(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    model: nn.Module | None,
+    variables: Variables | None,
+) -> tuple[nn.Module, Variables]:
+    """:func:`starting_point` located by a stage's ``section.variables_dir`` and
+    ``section.trained_workdir`` (default ``workdir/trained``)."""
+    return starting_point(
+        config,
+        model,
+        variables,
+        saved=section.variables_dir,
+        trained_workdir=section.trained_workdir or workdir / "trained",
+    )
+
+
+class Start(NamedTuple):
+    """What a stage's run begins with (:func:`start_stage`)."""
+
+    section: ml_collections.ConfigDict
+    recipe: dict[str, Any]
+    workdir: epath.Path
+    model: nn.Module
+    variables: Variables
+    splits: data.Splits
+
+
+def start_stage(
+    config: ml_collections.ConfigDict,
+    name: str,
+    defaults: ml_collections.ConfigDict,
+    validate: Callable[[ml_collections.ConfigDict], None],
+    workdir: epath.PathLike,
+    model: nn.Module | None = None,
+    variables: Variables | None = None,
+    splits: data.Splits | None = None,
+) -> Start:
+    """Stage ``name``'s section (:func:`section`) and the fine-tuning options that are on
+    (``recipe.recipe``), both validated before any work; ``workdir`` created; the starting
+    point (:func:`start_from`); ``splits`` (default: loaded from the config)."""
+    found = section(config, name, defaults, validate)
+    finetune_recipe = recipe.recipe(config)
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, variables = start_from(config, found, workdir, model, variables)
+    splits = splits if splits is not None else training.datasets_from_config(config)
+    return Start(found, finetune_recipe, workdir, model, variables, splits)
 
 
 def start_digest(
@@ -138,24 +188,6 @@ def start_digest(
 def load_variables(path: epath.PathLike) -> dict:
     """Variables saved with ``checkpoint.save_variables``, as host numpy arrays."""
     return jax.tree.map(np.asarray, checkpoint.load_variables(path))
-
-
-def section(
-    config: ml_collections.ConfigDict,
-    name: str,
-    defaults: ml_collections.ConfigDict,
-    validate: Callable[[ml_collections.ConfigDict], None],
-) -> ml_collections.ConfigDict:
-    """``defaults`` updated by ``config.<name>`` (unknown fields rejected), then validated."""
-    merged = copy.deepcopy(defaults)
-    if name in config:
-        given = config[name].to_dict() if hasattr(config[name], "to_dict") else dict(config[name])
-        unknown = sorted(set(given) - set(merged))
-        if unknown:
-            raise ValueError(f"config.{name} has unknown fields {unknown}; known: {sorted(merged)}")
-        merged.update(given)
-    validate(merged)
-    return merged
 
 
 def finetune_settings(

@@ -36,10 +36,9 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, provenance, pruning, report, training
-from xaijax.experiments import common, qat, recipe, stage
+from xaijax import checkpoint, data, provenance, pruning, report
+from xaijax.experiments import common, qat, recipe, sections, stage
 from xaijax.experiments.joint_plans import (
     STRATEGIES,
     allocate,
@@ -54,40 +53,23 @@ from xaijax.quantization import (
 )
 
 BUDGET_UNITS = ("fraction", "bytes")
-STARTING_POINT_FIELDS = ("variables",)
+STARTING_POINT_FIELDS = common.STARTING_POINT_FIELDS
 SUMMARY_COLUMNS = ("strategy", "budget", "kib", "accuracy_before", "accuracy_after")
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """Every ``config.joint`` field and its default."""
+    """Every ``config.joint`` field and its default (the QAT fields: ``qat.defaults``)."""
     return ml_collections.ConfigDict(
         {
-            "variables": config_dict.placeholder(str),
             "strategies": STRATEGIES,
             "budgets": (0.04, 0.08),
             "budget_unit": "fraction",
             "levels": joint.DEFAULT_LEVELS,
             "bit_choices": SUPPORTED_BITS,
             "prune_classifier": False,
-            "backend": "aqt",
-            "finetune_epochs": 2,
-            "finetune_learning_rate": config_dict.placeholder(float),
-            "finetune_batch_size": 128,
-            "importance_examples": 1024,
-            "importance_batch_size": 256,
-            "importance_target": "label",
-            "importance_reference": "zeros",
-            "hessian_examples": 1024,
-            "hessian_samples": 16,
-            "seed": 0,
+            **qat.defaults(),
         }
     )
-
-
-def _integer_at_least(j: ml_collections.ConfigDict, field: str, low: int) -> None:
-    value = j[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"config.joint.{field} must be an integer >= {low}, got {value!r}")
 
 
 def validate(j: ml_collections.ConfigDict) -> None:
@@ -97,8 +79,7 @@ def validate(j: ml_collections.ConfigDict) -> None:
     for name in j.strategies:
         if name not in STRATEGIES:
             raise ValueError(f"config.joint.strategies: unknown {name!r}; choose from {STRATEGIES}")
-    if j.budget_unit not in BUDGET_UNITS:
-        raise ValueError(f"config.joint.budget_unit must be one of {BUDGET_UNITS}")
+    sections.check_choice(j, "joint", "budget_unit", BUDGET_UNITS)
     if not j.budgets:
         raise ValueError("config.joint.budgets is empty")
     for budget in j.budgets:
@@ -114,25 +95,7 @@ def validate(j: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.joint.bit_choices: {bits!r} is not one of {SUPPORTED_BITS}")
     if not isinstance(j.prune_classifier, bool):
         raise ValueError("config.joint.prune_classifier must be True or False")
-    for field, low in (("finetune_epochs", 0), ("seed", 0)):
-        _integer_at_least(j, field, low)
-    for field in (
-        "finetune_batch_size",
-        "importance_examples",
-        "importance_batch_size",
-        "hessian_examples",
-        "hessian_samples",
-    ):
-        _integer_at_least(j, field, 1)
-    if j.finetune_learning_rate is not None and not j.finetune_learning_rate > 0:
-        raise ValueError("config.joint.finetune_learning_rate must be > 0")
-    if j.importance_target not in importance.TARGETS:
-        raise ValueError(f"config.joint.importance_target must be one of {importance.TARGETS}")
-    if j.importance_reference not in importance.REFERENCES:
-        raise ValueError(
-            f"config.joint.importance_reference must be one of {importance.REFERENCES}"
-        )
-    qat.check_backend(j, "joint")
+    qat.validate(j, "joint")
 
 
 def allocation_fingerprint(
@@ -255,17 +218,12 @@ def run(
 ) -> dict[str, Any]:
     """Every strategy at every budget; returns the results (also in ``results.json``).
 
-    Starts from ``model`` / ``variables`` when given, else from ``config.joint.variables``,
-    else from the baseline trained in ``<workdir>/float``.
+    The starting point (``model`` / ``variables``, else ``config.joint.variables_dir``, else
+    the baseline in ``config.joint.trained_workdir``) and ``splits``: ``common.start_stage``.
     """
-    j = common.section(config, "joint", defaults(), validate)
-    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model, variables = common.starting_point(
-        config, model, variables, saved=j.variables, trained_workdir=workdir / "float"
+    j, finetune_recipe, workdir, model, variables, splits = common.start_stage(
+        config, "joint", defaults(), validate, workdir, model, variables, splits
     )
-    splits = splits if splits is not None else training.datasets_from_config(config)
     specs = model.layer_specs()
     params = variables["params"]
     exclude = () if j.prune_classifier else pruning.default_exclude(specs)

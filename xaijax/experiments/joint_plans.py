@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from xaijax import data, importance, models, pruning
+from xaijax import data, models, pruning
 from xaijax.experiments import qat
 from xaijax.quantization import joint, joint_damage
 
@@ -36,20 +36,7 @@ def scores(
     found: dict[str, Any] = {"seconds": {}}
     started = time.perf_counter()
     if "joint_deeplift" in j.strategies:
-        found["deeplift"] = jax.device_get(
-            importance.score(
-                "deeplift",
-                model,
-                variables,
-                train,
-                granularity="weight",
-                batch_size=j.importance_batch_size,
-                num_examples=min(j.importance_examples, train.num_examples),
-                target=j.importance_target,
-                reference=j.importance_reference,
-                seed=j.seed,
-            )
-        )
+        found["deeplift"] = jax.device_get(qat.deeplift_scores(j, model, variables, train))
         found["seconds"]["deeplift"] = time.perf_counter() - started
     if "joint_hessian" in j.strategies:
         started = time.perf_counter()

@@ -1,7 +1,8 @@
 """Pruning experiment: score, mask, fine-tune with the mask, evaluate, shrink.
 
-Settings are the ``config.prune`` section (:func:`defaults`). Scoring uses the first
-``num_examples`` training examples; masks come from ``xaijax.pruning`` (``iterations`` rounds of
+Settings are the ``config.prune`` section (:func:`defaults`). Scoring follows its importance
+sub-section ``config.prune.importance`` (``xaijax.experiments.scoring``: by default the first
+``num_examples`` training examples); masks come from ``xaijax.pruning`` (``iterations`` rounds of
 prune + fine-tune); structured masks also give the physically narrower model
 (``xaijax.pruning.shrink``). ``workdir/results.json`` (atomic) holds accuracy before pruning,
 after pruning and after fine-tuning, the fine-tuning options that are on (``finetune``:
@@ -26,26 +27,21 @@ import ml_collections
 from etils import epath
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, models, provenance, pruning, training
-from xaijax.experiments import common, recipe, stage
+from xaijax import checkpoint, data, importance, models, provenance, pruning
+from xaijax.experiments import common, scoring, sections, stage
 
 
 def defaults() -> ml_collections.ConfigDict:
     """The ``prune`` config section and its defaults."""
     return ml_collections.ConfigDict(
         {
-            # Where the trained model lives (None: <workdir>/trained).
-            "trained_workdir": config_dict.placeholder(str),
-            # Importance: a name of xaijax.importance.CRITERIA and its options.
+            # Where the model comes from: saved variables, else the baseline trained (if absent)
+            # in trained_workdir (None: <workdir>/trained).
+            **common.starting_point_defaults(),
+            # Importance: a name of xaijax.importance.CRITERIA, and how it scores
+            # (xaijax.experiments.scoring; the seed draws references and balanced examples).
             "criterion": "deeplift",
-            "target": "label",
-            "reference": config_dict.placeholder(str),  # None: the criterion's default
-            "num_references": 8,
-            "num_examples": 10_000,
-            # Scarce data: score on this many examples of every class (drawn by ``seed``)
-            # instead of the first ``num_examples``; None: off.
-            "examples_per_class": config_dict.placeholder(int),
-            "score_batch_size": 128,
+            "importance": scoring.defaults(num_examples=10_000, batch_size=128),
             "seed": 0,
             # Masks: "unit" (filters / neurons), "weight" (single weights) or "hybrid" (conv
             # filters and dense weights); fractions removed from conv and from dense layers.
@@ -74,42 +70,20 @@ def defaults() -> ml_collections.ConfigDict:
 def validate(prune: ml_collections.ConfigDict) -> None:
     """Raise ``ValueError`` naming the first bad ``prune`` field (before any work)."""
     importance.get_criterion(prune.criterion)
+    scoring.validate(prune.importance, "prune.importance")
     choices = {
-        "target": importance.TARGETS,
         "granularity": tuple(pruning.GRANULARITY_KINDS),
         "scope": pruning.SCOPES,
         "normalize": pruning.NORMALIZATIONS,
         "schedule": ("linear", "cubic"),
     }
     for field, allowed in choices.items():
-        if prune[field] not in allowed:
-            raise ValueError(f"config.prune.{field} must be one of {allowed}, got {prune[field]!r}")
-    if prune.reference is not None and prune.reference not in importance.REFERENCES:
-        raise ValueError(
-            f"config.prune.reference must be None or one of {importance.REFERENCES}, "
-            f"got {prune.reference!r}"
-        )
+        sections.check_choice(prune, "prune", field, allowed)
     for field in ("conv_sparsity", "dense_sparsity"):
         if not 0 <= prune[field] < 1:
             raise ValueError(f"config.prune.{field} must be in [0, 1), got {prune[field]!r}")
-    minimums = {
-        "num_examples": 1,
-        "score_batch_size": 1,
-        "iterations": 1,
-        "min_units": 1,
-        "num_references": 1,
-        "finetune_epochs": 0,
-    }
-    for field, minimum in minimums.items():
-        if not isinstance(prune[field], int) or prune[field] < minimum:
-            raise ValueError(
-                f"config.prune.{field} must be an integer >= {minimum}, got {prune[field]!r}"
-            )
-    per_class = prune.examples_per_class
-    if per_class is not None and (not isinstance(per_class, int) or per_class < 1):
-        raise ValueError(
-            f"config.prune.examples_per_class must be None or an integer >= 1, got {per_class!r}"
-        )
+    minimums = {"seed": 0, "iterations": 1, "min_units": 1, "finetune_epochs": 0}
+    sections.check_integers(prune, "prune", minimums)
     if not prune.finetune_learning_rate > 0:
         raise ValueError("config.prune.finetune_learning_rate must be > 0")
     if prune.param_budget is not None and not 0 < prune.param_budget < 1:
@@ -120,9 +94,9 @@ def validate(prune: ml_collections.ConfigDict) -> None:
 
 #: Fields added after results were cached, at the value that computes what they computed before:
 #: fingerprints leave them out at that value (``common.plain``).
-NEUTRAL_FIELDS = {"examples_per_class": None}
+NEUTRAL_FIELDS = {"importance": scoring.NEUTRAL_FIELDS}
 #: ``prune`` fields that only locate the starting point (its digest stands for them).
-STARTING_POINT_FIELDS = ("trained_workdir",)
+STARTING_POINT_FIELDS = common.STARTING_POINT_FIELDS
 #: ``prune`` fields that ``xaijax.experiments.sweep`` replaces by the sweep point (or, one-shot,
 #: ignores).
 SWEPT_FIELDS = (
@@ -200,27 +174,14 @@ def finetune_fn(
 def score_fn(
     prune: ml_collections.ConfigDict, model: Any, train: data.Dataset
 ) -> Callable[[Mapping[str, Any], str], Any]:
-    """``(variables, granularity) -> scores`` with the ``prune`` options."""
-
-    num_examples = min(prune.num_examples, train.num_examples)
-    if prune.examples_per_class is not None:  # Scarce data: every balanced example.
-        train = data.balanced_subset(train, prune.examples_per_class, seed=prune.seed)
-        num_examples = train.num_examples
+    """``(variables, granularity) -> scores`` of ``prune.criterion`` under ``prune.importance``
+    (``scoring.score_arguments``)."""
+    arguments = scoring.score_arguments(prune.importance, train, seed=prune.seed)
 
     def scores(variables: Mapping[str, Any], granularity: str) -> Any:
         return jax.device_get(
             importance.score(
-                prune.criterion,
-                model,
-                variables,
-                train,
-                granularity=granularity,
-                batch_size=prune.score_batch_size,
-                num_examples=num_examples,
-                target=prune.target,
-                reference=prune.reference,
-                num_references=prune.num_references,
-                seed=prune.seed,
+                prune.criterion, model, variables, granularity=granularity, **arguments
             )
         )
 
@@ -242,24 +203,14 @@ def run(
 ) -> dict[str, Any]:
     """The whole pruning experiment; returns the results dict (also written to results.json).
 
-    ``splits`` (default: loaded from the config) are the datasets. Starts from ``model`` /
-    ``variables`` when given, else from the baseline trained (if absent)
-    in ``config.prune.trained_workdir`` (default ``<workdir>/trained``).
+    The starting point (``model`` / ``variables``, else ``config.prune.variables_dir``, else
+    the baseline in ``config.prune.trained_workdir``) and ``splits``: ``common.start_stage``.
     """
-    prune = common.section(config, "prune", defaults(), validate)
-    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     timer = common.Timer()
     with timer.phase("load_or_train"):
-        model, variables = common.starting_point(
-            config,
-            model,
-            variables,
-            saved=None,
-            trained_workdir=prune.trained_workdir or workdir / "trained",
+        prune, finetune_recipe, workdir, model, variables, splits = common.start_stage(
+            config, "prune", defaults(), validate, workdir, model, variables, splits
         )
-    splits = splits if splits is not None else training.datasets_from_config(config)
     specs = model.layer_specs()
     input_shape = splits.train.images.shape[1:]
     eval_batch = config.train.eval_batch_size

@@ -19,12 +19,60 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from etils import epath
+from ml_collections import config_dict
 
-from xaijax import checkpoint, data, provenance, report, training
-from xaijax.experiments import common
+from xaijax import checkpoint, data, importance, provenance, report, training
+from xaijax.experiments import common, scoring, sections
 from xaijax.quantization import get_backend, hutchinson_traces
 
 Variables = Mapping[str, Any]
+
+
+def defaults() -> dict[str, Any]:
+    """The fields every QAT stage's section has: its starting point, the backend, the QAT recipe,
+    the DeepLIFT scoring (``importance``, ``xaijax.experiments.scoring``), the Hessian traces and
+    the seed (references, balanced examples, Hessian probes)."""
+    return {
+        **common.starting_point_defaults(),
+        "backend": "aqt",
+        "finetune_epochs": 2,
+        "finetune_learning_rate": config_dict.placeholder(float),  # None: a tenth of training's
+        "finetune_batch_size": 128,
+        "importance": scoring.defaults(num_examples=1024, batch_size=256),
+        "hessian_examples": 1024,
+        "hessian_samples": 16,
+        "seed": 0,
+    }
+
+
+def validate(
+    section: ml_collections.ConfigDict, where: str, activation_bits: int | None = None
+) -> None:
+    """Raise ``ValueError`` naming the first bad field of :func:`defaults` in ``config.<where>``
+    (the backend probed on ``section.bit_choices``)."""
+    minimums = {
+        "finetune_epochs": 0,
+        "seed": 0,
+        "finetune_batch_size": 1,
+        "hessian_examples": 1,
+        "hessian_samples": 1,
+    }
+    sections.check_integers(section, where, minimums)
+    if section.finetune_learning_rate is not None and not section.finetune_learning_rate > 0:
+        raise ValueError(f"config.{where}.finetune_learning_rate must be > 0")
+    scoring.validate(section.importance, f"{where}.importance")
+    check_backend(section, where, activation_bits)
+
+
+def deeplift_scores(
+    section: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Variables,
+    train: data.Dataset,
+) -> Any:
+    """DeepLIFT scores of every weight under ``section.importance`` and ``section.seed``."""
+    arguments = scoring.score_arguments(section.importance, train, seed=section.seed)
+    return importance.score("deeplift", model, variables, granularity="weight", **arguments)
 
 
 def learning_rate(config: ml_collections.ConfigDict, section: ml_collections.ConfigDict) -> float:

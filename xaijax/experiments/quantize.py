@@ -35,7 +35,7 @@ import numpy as np
 from etils import epath
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, provenance, report, training
+from xaijax import checkpoint, data, provenance, report
 from xaijax.experiments import common, qat, recipe, stage
 from xaijax.quantization import (
     STRATEGIES,
@@ -57,7 +57,7 @@ from xaijax.quantization import (
 )
 
 #: ``quantize`` fields that only locate the starting point (its variables digest stands for them).
-STARTING_POINT_FIELDS = ("variables",)
+STARTING_POINT_FIELDS = common.STARTING_POINT_FIELDS
 #: Fields added after results were cached, at the value that computes what they computed before:
 #: fingerprints leave them out at that value (``common.plain``).
 NEUTRAL_FIELDS = {"backend": "aqt"}
@@ -65,26 +65,15 @@ SUMMARY_COLUMNS = ("strategy", "budget", "avg_bits", "ptq_accuracy", "qat_accura
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """Every ``config.quantize`` field and its default."""
+    """Every ``config.quantize`` field and its default (the QAT fields: ``qat.defaults``)."""
     return ml_collections.ConfigDict(
         {
-            "variables": config_dict.placeholder(str),
             "strategies": STRATEGIES,
             "budgets": (3.0, 4.0, 6.0),
             "bit_choices": SUPPORTED_BITS,
             "activation_bits": config_dict.placeholder(int),
-            "backend": "aqt",
-            "finetune_epochs": 2,
-            "finetune_learning_rate": config_dict.placeholder(float),
-            "finetune_batch_size": 128,
-            "importance_examples": 1024,
-            "importance_batch_size": 256,
-            "importance_target": "label",
-            "importance_reference": "zeros",
-            "hessian_examples": 1024,
-            "hessian_samples": 16,
             "pack_export": True,
-            "seed": 0,
+            **qat.defaults(),
         }
     )
 
@@ -100,24 +89,7 @@ def validate(q: ml_collections.ConfigDict) -> None:
     probe = {"layer": 1}
     for budget in q.budgets:
         budget_in_bits(float(budget), probe, tuple(q.bit_choices))  # raises on a bad budget
-    minimum = {"finetune_epochs": 0, "seed": 0}
-    for field in (
-        "finetune_epochs",
-        "seed",
-        "importance_examples",
-        "hessian_examples",
-        "importance_batch_size",
-        "hessian_samples",
-        "finetune_batch_size",
-    ):
-        low = minimum.get(field, 1)
-        if not isinstance(q[field], int) or isinstance(q[field], bool) or q[field] < low:
-            raise ValueError(
-                f"config.quantize.{field} must be an integer >= {low}, got {q[field]!r}"
-            )
-    if q.finetune_learning_rate is not None and not q.finetune_learning_rate > 0:
-        raise ValueError("config.quantize.finetune_learning_rate must be > 0")
-    qat.check_backend(q, "quantize", q.activation_bits)
+    qat.validate(q, "quantize", q.activation_bits)
 
 
 def sensitivities(
@@ -130,18 +102,7 @@ def sensitivities(
     """DeepLIFT weight importance, layer importance, Hessian traces and both sensitivity tables."""
     choices = tuple(q.bit_choices)
     started = time.perf_counter()
-    scores = importance.score(
-        "deeplift",
-        model,
-        variables,
-        train_ds,
-        granularity="weight",
-        batch_size=q.importance_batch_size,
-        num_examples=min(q.importance_examples, train_ds.num_examples),
-        target=q.importance_target,
-        reference=q.importance_reference,
-        seed=q.seed,
-    )
+    scores = qat.deeplift_scores(q, model, variables, train_ds)
     deeplift_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -311,18 +272,12 @@ def run(
 ) -> dict[str, Any]:
     """Every strategy at every budget; returns the results (also in ``results.json``).
 
-    ``splits`` (default: loaded from the config) are the datasets. Starts from ``model`` /
-    ``variables`` when given (e.g. a pruned model), else from
-    ``config.quantize.variables``, else from the baseline trained in ``<workdir>/float``.
+    The starting point (``model`` / ``variables``, else ``config.quantize.variables_dir``, else
+    the baseline in ``config.quantize.trained_workdir``) and ``splits``: ``common.start_stage``.
     """
-    q = common.section(config, "quantize", defaults(), validate)
-    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model, variables = common.starting_point(
-        config, model, variables, saved=q.variables, trained_workdir=workdir / "float"
+    q, finetune_recipe, workdir, model, variables, splits = common.start_stage(
+        config, "quantize", defaults(), validate, workdir, model, variables, splits
     )
-    splits = splits if splits is not None else training.datasets_from_config(config)
     names = [spec.name for spec in model.layer_specs()]
     sizes = layer_sizes(variables["params"], names)
     float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)

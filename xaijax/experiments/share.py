@@ -46,7 +46,7 @@ from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, training, weight_sharing
-from xaijax.experiments import common, recipe, stage
+from xaijax.experiments import common, recipe, scoring, sections, stage
 from xaijax.experiments.share_rows import (
     ASSIGNMENTS,
     ECQ,
@@ -63,28 +63,21 @@ ECQ_FIELDS = ("ecq_lambda",)
 #: ``share`` fields that enumerate the rows (each row's own values enter its fingerprint).
 SWEEP_FIELDS = ("bits", "importances", "assignments")
 #: ``share`` fields that only locate the starting point (its variables digest stands for them).
-STARTING_POINT_FIELDS = ("variables_dir", "trained_workdir")
+STARTING_POINT_FIELDS = common.STARTING_POINT_FIELDS
 #: Fields added after results were cached, at the value that computes what they computed before:
 #: fingerprints leave them out at that value (``common.plain``).
-NEUTRAL_FIELDS = {"importance_exponent": 1.0}
-#: ``share`` fields read only when an importance criterion scores the weights.
-SCORING_FIELDS = (
-    "target",
-    "reference",
-    "num_references",
-    "num_examples",
-    "score_batch_size",
-    "importance_exponent",
-)
+NEUTRAL_FIELDS = {"importance_exponent": 1.0, "importance": scoring.NEUTRAL_FIELDS}
+#: ``share`` fields (and sub-sections) read only when an importance criterion scores the weights.
+SCORING_FIELDS = ("importance", "importance_exponent")
 
 
 def defaults() -> ml_collections.ConfigDict:
     """The ``share`` config section and its defaults."""
     return ml_collections.ConfigDict(
         {
-            # Where the model comes from: saved variables, else a trained workdir.
-            "variables_dir": config_dict.placeholder(str),
-            "trained_workdir": config_dict.placeholder(str),
+            # Where the model comes from: saved variables, else the baseline trained (if absent)
+            # in trained_workdir (None: <workdir>/trained).
+            **common.starting_point_defaults(),
             # The sweep.
             "bits": (1, 2, 3, 4, 5),
             "importances": (UNIFORM, "magnitude", "deeplift"),
@@ -97,15 +90,12 @@ def defaults() -> ml_collections.ConfigDict:
             # weights (19-33% at 0), the Huffman-coded indices are 13-26% smaller than
             # k-means' and the squared error grows 1.2x (3 bits) to 3.3x (5 bits); docs/api.md.
             "ecq_lambda": 0.05,
-            # Importance scoring (data-driven criteria).
-            "target": "label",
-            "reference": config_dict.placeholder(str),  # None: the criterion's default
-            "num_references": 8,
-            "num_examples": 5_000,
-            "score_batch_size": 128,
+            # How a criterion of importances scores the weights (xaijax.experiments.scoring).
+            "importance": scoring.defaults(num_examples=5_000, batch_size=128),
             # k-means weights s_i^p: p = 1 weights by the importance itself, 0.5 by its square
             # root (flatter), 0 ignores it (plain k-means).
             "importance_exponent": 1.0,
+            # Draws the k-means initialisation, the references and any balanced examples.
             "seed": 0,
             # Fine-tuning (the config's optimizer with this learning rate, constant schedule).
             "finetune_epochs": 1,
@@ -144,25 +134,9 @@ def validate(share: ml_collections.ConfigDict) -> None:
     lam = share.ecq_lambda
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam < float("inf"):
         raise ValueError(f"config.share.ecq_lambda must be a finite number >= 0, got {lam!r}")
-    if share.init not in weight_sharing.INITS:
-        raise ValueError(
-            f"config.share.init must be one of {weight_sharing.INITS}, got {share.init!r}"
-        )
-    if share.target not in importance.TARGETS:
-        raise ValueError(f"config.share.target must be one of {importance.TARGETS}")
-    if share.reference is not None and share.reference not in importance.REFERENCES:
-        raise ValueError(f"config.share.reference must be None or one of {importance.REFERENCES}")
-    minimums = {
-        "max_iters": 0,
-        "num_references": 1,
-        "num_examples": 1,
-        "score_batch_size": 1,
-        "finetune_epochs": 0,
-    }
-    for field, minimum in minimums.items():
-        value = share[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"config.share.{field} must be an integer >= {minimum}, got {value!r}")
+    sections.check_choice(share, "share", "init", weight_sharing.INITS)
+    scoring.validate(share.importance, "share.importance")
+    sections.check_integers(share, "share", {"max_iters": 0, "seed": 0, "finetune_epochs": 0})
     if not share.finetune_learning_rate > 0:
         raise ValueError("config.share.finetune_learning_rate must be > 0")
     exponent = share.importance_exponent
@@ -178,29 +152,19 @@ def importance_scores(
     train: data.Dataset | None,
 ) -> Any:
     """Per-weight k-means weights ``{layer: {"kernel": s ** share.importance_exponent}}`` from
-    the criterion ``name``'s scores ``s``, or None for plain k-means."""
+    the criterion ``name``'s scores ``s`` under ``share.importance``, or None for plain k-means."""
     if name == UNIFORM:
         return None
-    scores = jax.device_get(
-        importance.score(
-            name,
-            model,
-            variables,
-            train,
-            granularity="weight",
-            batch_size=share.score_batch_size,
-            num_examples=None if train is None else min(share.num_examples, train.num_examples),
-            target=share.target,
-            reference=share.reference,
-            num_references=share.num_references,
-            seed=share.seed,
-        )
-    )
-    return jax.tree.map(lambda s: np.power(s, share.importance_exponent), scores)
+    arguments = scoring.score_arguments(share.importance, train, seed=share.seed)
+    scores = importance.score(name, model, variables, granularity="weight", **arguments)
+    return jax.tree.map(lambda s: np.power(s, share.importance_exponent), jax.device_get(scores))
 
 
 def _without(fp: provenance.Fingerprint, fields: set[str]) -> provenance.Fingerprint:
-    return provenance.Fingerprint({k: v for k, v in fp.inputs.items() if k not in fields})
+    """``fp`` without the inputs ``fields`` and those of sub-sections named in ``fields``."""
+    prefixes = tuple(f"{field}." for field in fields)
+    kept = {k: v for k, v in fp.inputs.items() if k not in fields and not k.startswith(prefixes)}
+    return provenance.Fingerprint(kept)
 
 
 def row_fingerprints(
@@ -263,22 +227,12 @@ def run(
 ) -> dict[str, Any]:
     """The whole sweep; returns the results dict (also written to ``results.json``).
 
-    ``splits`` (default: loaded from the config) are the datasets. Starts from ``model`` /
-    ``variables`` when given (e.g. a pruned model), else from
-    ``config.share.variables_dir``, else from the baseline trained in ``trained_workdir``.
+    The starting point (``model`` / ``variables``, else ``config.share.variables_dir``, else
+    the baseline in ``config.share.trained_workdir``) and ``splits``: ``common.start_stage``.
     """
-    share = common.section(config, "share", defaults(), validate)
-    finetune_recipe = recipe.recipe(config)  # Validates config.finetune before any work.
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model, variables = common.starting_point(
-        config,
-        model,
-        variables,
-        saved=share.variables_dir,
-        trained_workdir=share.trained_workdir or workdir / "trained",
+    share, finetune_recipe, workdir, model, variables, splits = common.start_stage(
+        config, "share", defaults(), validate, workdir, model, variables, splits
     )
-    splits = splits if splits is not None else training.datasets_from_config(config)
     mask = common.zero_mask(variables["params"])
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
     fingerprints = row_fingerprints(config, share, model, variables)

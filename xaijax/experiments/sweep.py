@@ -153,7 +153,7 @@ def sweep(
         config,
         prune,
         model if model is not None else training.model_from_config(config),
-        common.start_digest(config, variables),
+        common.start_digest(config, variables, prune.variables_dir),
         drop=SWEPT_FIELDS,
     )
     fingerprints = {point: base.extend(point=list(point)) for point in points}
@@ -202,13 +202,7 @@ def _sweep_rows(
     variables: Mapping[str, Any] | None,
 ) -> Iterator[dict[str, Any]]:
     """Yield the row of each point of ``todo`` (point -> its fingerprint) as it finishes."""
-    model, variables = common.starting_point(
-        config,
-        model,
-        variables,
-        saved=None,
-        trained_workdir=prune.trained_workdir or workdir / "trained",
-    )
+    model, variables = common.start_from(config, prune, workdir, model, variables)
     splits = training.datasets_from_config(config)
     specs = model.layer_specs()
     input_shape = splits.train.images.shape[1:]
