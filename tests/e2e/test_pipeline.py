@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -21,63 +20,14 @@ from xaijax.provenance import StaleResultError
 
 REPO = Path(__file__).resolve().parents[2]
 
-SMOKE = REPO / "configs" / "digits_smoke.py"
-CONFIG = f"""
-import importlib.util
-
-spec = importlib.util.spec_from_file_location("smoke", {str(SMOKE)!r})
-smoke = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(smoke)
-
-
-def get_config():
-    config = smoke.get_config()
-    config.train.epochs = 2
-    config.compress.criteria = ("deeplift", "magnitude")
-    config.compress.explain_examples = 3
-    config.compress.importance_examples = 64
-    config.prune.update(dict(importance=dict(num_examples=128), finetune_epochs=1))
-    config.share.update(
-        dict(
-            bits=(2,),
-            importances=("uniform", "deeplift"),
-            importance=dict(num_examples=128),
-            finetune_epochs=1,
-        )
-    )
-    config.quantize.update(
-        dict(
-            budgets=(4.0,),
-            strategies=("uniform", "deeplift_sensitivity"),
-            finetune_epochs=1,
-            finetune_batch_size=64,
-            importance=dict(num_examples=64, batch_size=64),
-            hessian_examples=64,
-            hessian_samples=2,
-        )
-    )
-    return config
-"""
+# The shared digits config (tests/e2e/conftest.py): two epochs, 64 examples scored.
+DIGITS = dict(epochs=2, explain_examples=3, examples=64, prune_examples=128, hessian_samples=2)
 
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "pipeline_digits.py"
-    path.write_text(CONFIG)
-    return path
-
-
-def load_config(path: Path):
-    spec = importlib.util.spec_from_file_location("pipeline_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-@pytest.fixture(scope="module")
-def finished(config_file, tmp_path_factory) -> tuple[Path, dict]:
+def finished(digits_config, tmp_path_factory) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("pipeline") / "run"
-    return workdir, pipeline.run(load_config(config_file), workdir)
+    return workdir, pipeline.run(digits_config(), workdir)
 
 
 def test_every_report_artifact(finished):
@@ -112,16 +62,16 @@ def test_every_report_artifact(finished):
     assert on_disk["summary"]["stages"] == json.loads(json.dumps(stages))
 
 
-def test_rerun_recomputes_nothing(finished, config_file):
+def test_rerun_recomputes_nothing(finished, digits_config):
     workdir, results = finished
     stamps = {p: p.stat().st_mtime_ns for p in workdir.rglob("stage.json")}
-    again = pipeline.run(load_config(config_file), workdir)
+    again = pipeline.run(digits_config(), workdir)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("stage.json")} == stamps
     assert again["summary"]["stages"] == results["summary"]["stages"]
 
 
 def test_rerun_with_a_changed_field_recomputes_that_stage_and_reports_it(
-    finished, config_file, tmp_path
+    finished, digits_config, tmp_path
 ):
     """Changing a share field reuses baseline, explain, prune and quantize, recomputes share
     (its rows equal a fresh share run's on the same pruned model), and says so in the report;
@@ -129,10 +79,10 @@ def test_rerun_with_a_changed_field_recomputes_that_stage_and_reports_it(
     source, _ = finished
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
-    changed = load_config(config_file)
+    changed = digits_config()
     changed.share.finetune_learning_rate = 3e-3
 
-    strict = load_config(config_file)
+    strict = digits_config()
     strict.share.finetune_learning_rate = 3e-3
     strict.resume = "strict"
     share_record = workdir / "share" / "stage.json"
@@ -165,8 +115,8 @@ def test_rerun_with_a_changed_field_recomputes_that_stage_and_reports_it(
     assert strip(rerun["share"]["rows"]) == strip(json.loads(json.dumps(fresh["rows"])))
 
 
-def test_bad_section_fails_before_any_work(config_file, tmp_path):
-    config = load_config(config_file)
+def test_bad_section_fails_before_any_work(digits_config, tmp_path):
+    config = digits_config()
     config.share.bits = (9,)
     with pytest.raises(ValueError, match=r"config\.share\.bits"):
         pipeline.run(config, tmp_path / "bad")
@@ -262,13 +212,15 @@ def test_killed_at_many_points_then_resumed_gives_the_uninterrupted_results(
         assert entry["fingerprint"] == expected["provenance"][stage]["fingerprint"], stage
 
 
-def test_the_artifact_predicts_at_the_reported_accuracy(finished, config_file, tmp_path):
+def test_the_artifact_predicts_at_the_reported_accuracy(
+    finished, config_file, tmp_path, digits_config
+):
     """The artifact of the carried quantize run scores on the test set exactly as the report
     says and as the stage's integer model did; the script exports the same weights again."""
     workdir, results = finished
     entry = results["artifact"]
     loaded = artifact.load(workdir / "artifact")
-    config = load_config(config_file)
+    config = digits_config()
     test = training.datasets_from_config(config).test
     accuracy = loaded.accuracy(test.images, test.labels, batch_size=config.train.eval_batch_size)
     assert accuracy == entry["accuracy"] == loaded.manifest["accuracy"]

@@ -3,7 +3,6 @@ tables regenerated from rows alone whose statistics equal scipy's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -20,46 +19,17 @@ from xaijax import study
 from xaijax.config_utils import model_widths, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "configs" / "digits_smoke.py"
 # Tiny widths, one epoch of training and of each fine-tuning, few examples: the plumbing is under
 # test, not the numbers (compilation dominates: about a minute per seed on 2 busy cores).
-CONFIG = f"""
-import importlib.util
-
-spec = importlib.util.spec_from_file_location("smoke", {str(SMOKE)!r})
-smoke = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(smoke)
-
-
-def get_config():
-    config = smoke.get_config()
-    config.model.widths = {{"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16}}
-    config.train.epochs = 1
-    config.compress.criteria = ("deeplift", "magnitude")
-    config.compress.explain_examples = 1
-    config.compress.importance_examples = 32
-    config.prune.update(dict(importance=dict(num_examples=64, batch_size=64), finetune_epochs=1))
-    config.share.update(
-        dict(
-            bits=(2,),
-            importances=("uniform", "deeplift"),
-            importance=dict(num_examples=64),
-            finetune_epochs=1,
-        )
-    )
-    config.quantize.update(
-        dict(
-            budgets=(4.0,),
-            strategies=("uniform", "deeplift_sensitivity"),
-            finetune_epochs=1,
-            finetune_batch_size=64,
-            importance=dict(num_examples=32, batch_size=32),
-            hessian_examples=32,
-            hessian_samples=1,
-        )
-    )
-    return config
-"""
+DIGITS = dict(
+    epochs=1,
+    explain_examples=1,
+    examples=32,
+    prune_examples=64,
+    prune_batch_size=64,
+    hessian_samples=1,
+    widths={"conv1": 4, "conv2": 4, "conv3": 8, "conv4": 8, "fc1": 16},
+)
 FIELDS = {
     "seed",
     "model",
@@ -84,22 +54,8 @@ METHODS = {
 }
 
 
-def load_config(path: Path):
-    spec = importlib.util.spec_from_file_location("study_digits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def stamps(directory: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in directory.rglob("stage.json")}
-
-
-@pytest.fixture(scope="module")
-def config_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "study_digits.py"
-    path.write_text(CONFIG)
-    return path
 
 
 def run_study(config_file: Path, workdir: Path, seeds: str, cache: Path) -> None:
@@ -196,8 +152,8 @@ def test_a_second_call_recomputes_nothing(studied):
     assert third["rows"] == second["rows"]
 
 
-def test_seed_config_sets_every_seed_field(config_file):
-    config = load_config(config_file)
+def test_seed_config_sets_every_seed_field(digits_config):
+    config = digits_config()
     seeded = study.seed_config(config, 7)
     for path in study.SEED_FIELDS:
         section, name = path.split(".")
@@ -461,14 +417,14 @@ def test_ablation_tables_compare_each_variant_with_the_default_and_the_strongest
         assert entry["vs_default"]["n"] == 2
 
 
-def test_bad_variants_fail_before_any_work(config_file, tmp_path):
+def test_bad_variants_fail_before_any_work(digits_config, tmp_path):
     from xaijax.study import ablation
 
     with pytest.raises(ValueError, match="stage must be one of"):
         ablation.Variant("deeplift+x", "quantize", {})
     with pytest.raises(ValueError, match="must match"):
         ablation.Variant("deeplift[x]", "prune", {})
-    config = load_config(config_file)
+    config = digits_config()
     bad = ablation.Variant("deeplift+typo", "prune", {"prune": {"refrence": "mean"}})
     with pytest.raises(ValueError, match=r"config\.prune has unknown fields \['refrence'\]"):
         ablation.run(config, tmp_path / "study", tmp_path / "ablation", [bad], [0])
