@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from xaijax import config_utils, experiments, importance
-from xaijax.experiments import common, recipe
+from xaijax.experiments import common, recipe, sections
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -43,10 +43,8 @@ def validate(section: ml_collections.ConfigDict) -> None:
             f"config.compress.carry ({section.carry!r}) must be one of config.compress.criteria "
             f"{tuple(section.criteria)}"
         )
-    for field in ("explain_examples", "importance_examples", "consistency_examples"):
-        value = section[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.compress.{field} must be an integer >= 1, got {value!r}")
+    minimums = {"explain_examples": 1, "importance_examples": 1, "consistency_examples": 1}
+    sections.check_integers(section, "compress", minimums)
     for field in ("export_artifact", "explain_consistency"):
         if not isinstance(section[field], bool):
             raise ValueError(
