@@ -105,6 +105,29 @@ def recorded_seeds(results: Mapping[str, Any]) -> set[int]:
     return {int(section["seed"]) for section in sections}
 
 
+def _quantize_fields(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "accuracy": run["qat_accuracy"],
+        "accuracy_before_finetune": run["ptq_accuracy"],
+        "size_bytes": int(run["size"]["total"]),
+        "layer_bits": dict(run["bits"]),
+        "avg_bits": run["avg_bits"],
+    }
+
+
+def _joint_fields(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "accuracy": run["accuracy_after"],
+        "accuracy_before_finetune": run["accuracy_before"],
+        "nonzero_params": run["nonzero_params"],
+        "size_bytes": int(run["bytes"]),
+    }
+
+
+#: Stages whose results list ``runs`` of a strategy at a ``budget``: the row fields of a run.
+_STRATEGY_FIELDS = {"quantize": _quantize_fields, "joint": _joint_fields}
+
+
 def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
     """The study rows (module docstring) of one seed's pipeline ``results``."""
     recorded = recorded_seeds(results)
@@ -161,43 +184,22 @@ def rows_from_results(results: Mapping[str, Any], seed: int) -> list[dict[str, A
                     size_bytes=r["size_bits"] // 8,
                 )
             )
-    if "quantize" in results:
-        quantize = results["quantize"]
-        for r in quantize["runs"]:
-            rows.append(
-                _row(
-                    results,
-                    seed,
-                    "quantize",
-                    r["strategy"],
-                    setting={"budget": r["budget"]},
-                    recipe=_recipe(quantize["quantize"], quantize),
-                    fingerprint=fingerprints["quantize"],
-                    accuracy=r["qat_accuracy"],
-                    accuracy_before_finetune=r["ptq_accuracy"],
-                    size_bytes=int(r["size"]["total"]),
-                    layer_bits=dict(r["bits"]),
-                    avg_bits=r["avg_bits"],
+    for stage, fields_of in _STRATEGY_FIELDS.items():
+        if stage in results:
+            section = results[stage]
+            for r in section["runs"]:
+                rows.append(
+                    _row(
+                        results,
+                        seed,
+                        stage,
+                        r["strategy"],
+                        setting={"budget": r["budget"]},
+                        recipe=_recipe(section[stage], section),
+                        fingerprint=fingerprints[stage],
+                        **fields_of(r),
+                    )
                 )
-            )
-    if "joint" in results:
-        joint = results["joint"]
-        for r in joint["runs"]:
-            rows.append(
-                _row(
-                    results,
-                    seed,
-                    "joint",
-                    r["strategy"],
-                    setting={"budget": r["budget"]},
-                    recipe=_recipe(joint["joint"], joint),
-                    fingerprint=fingerprints["joint"],
-                    accuracy=r["accuracy_after"],
-                    accuracy_before_finetune=r["accuracy_before"],
-                    nonzero_params=r["nonzero_params"],
-                    size_bytes=int(r["bytes"]),
-                )
-            )
     return rows
 
 
