@@ -3,7 +3,7 @@
 Yeom et al. (2021) report that LRP-guided pruning beats magnitude and Taylor when no fine-tuning
 follows and when few examples are available to score with. A regime is a name and config
 overrides (for example one-shot pruning with ``prune.finetune_epochs = 0``, or scoring from
-``prune.examples_per_class = 5``); :func:`variants` turns every (regime, criterion) pair into an
+``prune.importance.examples_per_class = 5``); :func:`variants` turns every (regime, criterion) pair into an
 ablation :class:`~xaijax.study.ablation.Variant` named ``<regime>+<criterion>``, run like any
 ablation (``scripts/ablation.py``) on the finished study's baselines.
 
