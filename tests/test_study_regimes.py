@@ -196,3 +196,30 @@ def test_joint_results_give_one_row_per_strategy_and_budget():
     assert all(r["size_bytes"] == 9000 and r["accuracy_before_finetune"] == 0.5 for r in found)
     with pytest.raises(ValueError, match="record the seeds"):
         rows_from_results(results, 4)
+
+
+def test_a_recipe_regime_is_paired_with_the_same_method_under_the_study_recipe():
+    study = [row(s, "deeplift", 0.87 + 0.01 * s) for s in SEEDS]
+    longer = [0.875, 0.889, 0.887, 0.9]
+    variants = [
+        row(
+            s,
+            "epochs4+deeplift",
+            longer[s],
+            recipe={"finetune_epochs": 4},
+            regime="epochs4",
+            regime_method="deeplift",
+        )
+        for s in SEEDS
+    ]
+    found = regimes.against_study_recipe(regimes.regime_rows(study, variants))
+    (entry,) = found
+    assert (entry["method"], entry["against"]) == ("deeplift (epochs4)", "deeplift (fine-tuned)")
+    d = np.subtract(longer, [0.87 + 0.01 * s for s in SEEDS])
+    low, high = scipy.stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=scipy.stats.sem(d))
+    assert (entry["mean"], entry["low"], entry["high"]) == pytest.approx((d.mean(), low, high))
+    # A regime with another setting (one-shot) has no study cell to pair with.
+    oneshot = [regime_row(s, "deeplift", 0.5, "oneshot") for s in SEEDS]
+    for r in oneshot:
+        r["setting"] = {"param_budget": 0.1, "iterations": 1}
+    assert regimes.against_study_recipe(regimes.regime_rows(study, oneshot)) == []

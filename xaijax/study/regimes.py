@@ -3,20 +3,23 @@
 Yeom et al. (2021) report that LRP-guided pruning beats magnitude and Taylor when no fine-tuning
 follows and when few examples are available to score with. A regime is a name and config
 overrides (for example one-shot pruning with ``prune.finetune_epochs = 0``, or scoring from
-``prune.importance.examples_per_class = 5``); :func:`variants` turns every (regime, criterion) pair into an
-ablation :class:`~xaijax.study.ablation.Variant` named ``<regime>+<criterion>``, run like any
-ablation (``scripts/ablation.py``) on the finished study's baselines.
+``prune.importance.examples_per_class = 5``); :func:`variants` turns every (regime, criterion)
+pair into an ablation :class:`~xaijax.study.ablation.Variant` named ``<regime>+<criterion>``,
+run like any ablation (``scripts/ablation.py``) on the finished study's baselines.
 
 :func:`regime_rows` labels the rows for comparison: a variant row's ``method`` becomes its
 criterion (the study method it ran) and its ``setting`` gains ``regime``; the study's own rows
 of the same stages are the ``fine-tuned`` regime. Each regime is then one cell of
 :func:`~xaijax.study.summary.summarize`: mean ± std per criterion, and :func:`comparisons` gives,
 paired per seed, every explanation method (DeepLIFT or LRP, alone or in ECQ) against the best
-classic criterion of the cell (by mean), and DeepLIFT against LRP.
+classic criterion of the cell (by mean), and DeepLIFT against LRP; :func:`against_study_recipe`
+gives, for regimes that change only the fine-tuning recipe, each method against itself under the
+study's recipe.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -142,6 +145,48 @@ def comparisons(
     return found
 
 
+def _without_regime(cell: Sequence[Mapping[str, Any]]) -> tuple:
+    first = cell[0]
+    setting = {k: v for k, v in first["setting"].items() if k != "regime"}
+    return first["model"], first["dataset"], first["stage"], json.dumps(setting, sort_keys=True)
+
+
+def against_study_recipe(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    metric: str = "accuracy",
+    interval_method: str = "t",
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Every method of a regime that changes only the recipe (its setting, less ``regime``,
+    equals that of a :data:`STUDY_REGIME` cell) against the same method in the study's recipe,
+    paired per seed: the effect of the recipe."""
+    cells = cells_of(rows)
+    study = {
+        _without_regime(c): by_method(c)
+        for c in cells
+        if c[0]["setting"].get("regime") == STUDY_REGIME
+    }
+    found = []
+    for cell in cells:
+        regime = cell[0]["setting"].get("regime")
+        reference = study.get(_without_regime(cell))
+        if regime == STUDY_REGIME or reference is None:
+            continue
+        for method, seeds in by_method(cell).items():
+            if method not in reference:
+                continue
+            paired = {
+                f"{method} ({regime})": seeds,
+                f"{method} ({STUDY_REGIME})": reference[method],
+            }
+            entry = compare(
+                *paired, metric, paired, interval_method=interval_method, confidence=confidence
+            )
+            found.append({**entry, "stage": cell[0]["stage"], "setting": cell[0]["setting"]})
+    return found
+
+
 def tables(
     study_rows: Sequence[Mapping[str, Any]],
     variant_rows: Sequence[Mapping[str, Any]],
@@ -155,6 +200,7 @@ def tables(
     summary = summarize(rows, interval_method=interval_method, confidence=confidence)
     level = f"{100 * confidence:g}% {interval_name(interval_method)}"
     entries = comparisons(rows, interval_method=interval_method, confidence=confidence)
+    entries += against_study_recipe(rows, interval_method=interval_method, confidence=confidence)
     lines = [
         "# Regimes: explanation methods against the classic criteria",
         "",
@@ -183,7 +229,7 @@ def tables(
                 {
                     "method": e["method"],
                     "against": f"{e['against']} (best classic)"
-                    if e["best_classic"]
+                    if e.get("best_classic")
                     else e["against"],
                     "n": e["n"],
                     "mean difference": signed(e["mean"]),
