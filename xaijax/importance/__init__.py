@@ -47,6 +47,8 @@ Layout (each module imports only the ones above it):
 * ``criterion``: the :class:`Criterion` record, the score pytree types, ``GRANULARITIES``.
 * ``layers``: layer names, perturbed application (gradients with respect to layer outputs),
   output shapes, position sums.
+* ``per_example``: :func:`per_example_criterion`, a per-example criterion from its unit and weight
+  scores of a :class:`ScoringBatch`.
 * ``data_free`` (``magnitude``, ``random``), ``taylor``, ``deeplift_scores`` (``deeplift``,
   ``deeplift_shap``): the criteria, each module stating its math.
 * ``registry``: :data:`CRITERIA` by name, :func:`get_criterion`, :func:`register_criterion`.
@@ -55,9 +57,10 @@ Layout (each module imports only the ones above it):
 * ``engine``: :func:`score` (streamed, sharded), :func:`score_batch`, batching and option checks.
 
 Adding a criterion: write its function in a new module of this package (importing only
-``criterion`` and ``layers``), either per-example ``fn(model, variables, images, targets,
-references, *, granularity, rule) -> scores with a leading batch axis`` (non-negative; the engine
-averages over the examples) or data-free ``fn(model, variables, *, granularity, seed) -> scores``,
+``criterion``, ``layers`` and ``per_example``), either per-example ``fn(model, variables, images,
+targets, references, *, granularity, rule) -> scores with a leading batch axis`` (non-negative; the
+engine averages over the examples; ``per_example_criterion(unit, weight)`` builds one from its two
+granularities) or data-free ``fn(model, variables, *, granularity, seed) -> scores``,
 and register it with one entry ``"name": Criterion("name", per_example=fn)`` (or
 ``data_free=fn``) in ``registry.CRITERIA``. Outside the package, call
 ``register_criterion(Criterion(...))`` instead. Targets, references, batching and sharding come
@@ -82,6 +85,7 @@ from xaijax.importance.layers import (
     layer_output_shapes,
     position_sum,
 )
+from xaijax.importance.per_example import ScoringBatch, per_example_criterion
 from xaijax.importance.references import REFERENCES, gaussian_blur, shared_references
 from xaijax.importance.registry import CRITERIA, get_criterion, register_criterion
 from xaijax.importance.targets import TARGETS, per_example_scores
@@ -95,6 +99,7 @@ __all__ = [
     "Criterion",
     "Granularity",
     "Scores",
+    "ScoringBatch",
     "Variables",
     "apply_with_perturbations",
     "as_arrays",
@@ -108,6 +113,7 @@ __all__ = [
     "layer_names",
     "layer_output_shapes",
     "magnitude_scores",
+    "per_example_criterion",
     "per_example_scores",
     "position_sum",
     "random_scores",

@@ -12,16 +12,15 @@ this module gives the per-example scores.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from xaijax import deeplift
-from xaijax.importance.criterion import Granularity, Scores, Variables
-from xaijax.importance.layers import layer_names, position_sum
+from xaijax.importance.layers import position_sum
+from xaijax.importance.per_example import ScoringBatch, per_example_criterion
 from xaijax.models import inference_kwargs
 
 
@@ -43,49 +42,43 @@ def as_deeplift_reference(reference: jax.Array) -> jax.Array:
     return reference[0] if reference.shape[0] == 1 else reference
 
 
-def deeplift_per_example(
-    model: nn.Module,
-    variables: Variables,
-    images: jax.Array,
-    targets: jax.Array,
-    references: jax.Array,
-    *,
-    granularity: Granularity,
-    rule: str,
-) -> Scores:
-    """Per-example DeepLIFT scores (module docstring), the signed contributions averaged over the
-    references."""
-    names = layer_names(model, variables, images)
-    if granularity == "unit":
+def _contributions(
+    explain: Callable[..., Mapping[str, jax.Array]],
+    batch: ScoringBatch,
+    reduce: Callable[[jax.Array], jax.Array] | None = None,
+) -> dict[str, jax.Array]:
+    """``|mean_k reduce(C(reference_k))|`` per layer, ``C`` the contributions ``explain``
+    (``deeplift.layer_attributions`` or ``deeplift.parameter_contributions``) computes."""
 
-        def unit_contributions(reference):
-            contributions = deeplift.layer_attributions(
-                model,
-                variables,
-                images,
-                as_deeplift_reference(reference),
-                layers=names,
-                target=targets,
-                rule=rule,
-                apply_kwargs=inference_kwargs(model),
-            )
-            return {name: position_sum(contributions[name]) for name in names}
-
-        summed = _mean_over_references(unit_contributions, references)
-        return {name: jnp.abs(summed[name]) for name in names}
-
-    def weight_contributions(reference):
-        contributions = deeplift.parameter_contributions(
-            model,
-            variables,
-            images,
+    def one_reference(reference: jax.Array) -> dict[str, jax.Array]:
+        contributions = explain(
+            batch.model,
+            batch.variables,
+            batch.images,
             as_deeplift_reference(reference),
-            target=targets,
-            rule=rule,
-            layers=names,
-            apply_kwargs=inference_kwargs(model),
+            layers=batch.names,
+            target=batch.targets,
+            rule=batch.rule,
+            apply_kwargs=inference_kwargs(batch.model),
         )
-        return {name: contributions[name] for name in names}
+        if reduce is None:
+            return {name: contributions[name] for name in batch.names}
+        return {name: reduce(contributions[name]) for name in batch.names}
 
-    summed = _mean_over_references(weight_contributions, references)
-    return {name: {"kernel": jnp.abs(summed[name])} for name in names}
+    summed = _mean_over_references(one_reference, batch.references)
+    return {name: jnp.abs(summed[name]) for name in batch.names}
+
+
+def _unit_scores(batch: ScoringBatch) -> dict[str, jax.Array]:
+    """``|mean_k sum_positions C_k|`` of each layer's outputs."""
+    return _contributions(deeplift.layer_attributions, batch, position_sum)
+
+
+def _weight_scores(batch: ScoringBatch) -> dict[str, jax.Array]:
+    """``|mean_k C_k(W)|`` of each kernel's weights."""
+    return _contributions(deeplift.parameter_contributions, batch)
+
+
+deeplift_per_example = per_example_criterion(_unit_scores, _weight_scores)
+"""Per-example DeepLIFT scores (module docstring), the signed contributions averaged over the
+references; the signature of ``Criterion.per_example``."""

@@ -20,13 +20,14 @@ module gives the per-example scores.
 
 from __future__ import annotations
 
-import flax.linen as nn
+from collections.abc import Callable, Mapping
+
 import jax
 import jax.numpy as jnp
 
 from xaijax import deeplift, lrp
-from xaijax.importance.criterion import Granularity, Scores, Variables
-from xaijax.importance.layers import layer_names, position_sum
+from xaijax.importance.layers import position_sum
+from xaijax.importance.per_example import ScoringBatch, per_example_criterion
 from xaijax.models import inference_kwargs
 
 DEFAULT_RULES = "composite"
@@ -52,38 +53,37 @@ def normalised(scores: jax.Array) -> jax.Array:
     return jnp.where(zero, jnp.zeros_like(scores), scores / jnp.where(zero, 1.0, total))
 
 
-def lrp_per_example(
-    model: nn.Module,
-    variables: Variables,
-    images: jax.Array,
-    targets: jax.Array,
-    references: jax.Array,
-    *,
-    granularity: Granularity,
-    rule: str,
-) -> Scores:
-    """Per-example LRP scores (module docstring): absolute relevances normalised per layer."""
-    del references
-    rules = lrp_rules(rule)
-    names = layer_names(model, variables, images)
-    if granularity == "unit":
-        relevances = lrp.layer_relevances(
-            model,
-            variables,
-            images,
-            layers=names,
-            target=targets,
-            rules=rules,
-            apply_kwargs=inference_kwargs(model),
-        )
-        return {name: normalised(jnp.abs(position_sum(relevances[name]))) for name in names}
-    relevances = lrp.parameter_relevances(
-        model,
-        variables,
-        images,
-        target=targets,
-        rules=rules,
-        layers=names,
-        apply_kwargs=inference_kwargs(model),
+def _relevances(
+    explain: Callable[..., Mapping[str, jax.Array]],
+    batch: ScoringBatch,
+    reduce: Callable[[jax.Array], jax.Array] | None = None,
+) -> dict[str, jax.Array]:
+    """``r / sum r`` per layer with ``r = |reduce(R)|``, ``R`` the relevances ``explain``
+    (``lrp.layer_relevances`` or ``lrp.parameter_relevances``) computes."""
+    relevances = explain(
+        batch.model,
+        batch.variables,
+        batch.images,
+        layers=batch.names,
+        target=batch.targets,
+        rules=lrp_rules(batch.rule),
+        apply_kwargs=inference_kwargs(batch.model),
     )
-    return {name: {"kernel": normalised(jnp.abs(relevances[name]))} for name in names}
+    if reduce is None:
+        return {name: normalised(jnp.abs(relevances[name])) for name in batch.names}
+    return {name: normalised(jnp.abs(reduce(relevances[name]))) for name in batch.names}
+
+
+def _unit_scores(batch: ScoringBatch) -> dict[str, jax.Array]:
+    """``r / sum r`` with ``r = |sum_positions R|`` of each layer's outputs."""
+    return _relevances(lrp.layer_relevances, batch, position_sum)
+
+
+def _weight_scores(batch: ScoringBatch) -> dict[str, jax.Array]:
+    """``r / sum r`` with ``r = |R(w)|`` of each kernel's weights."""
+    return _relevances(lrp.parameter_relevances, batch)
+
+
+lrp_per_example = per_example_criterion(_unit_scores, _weight_scores)
+"""Per-example LRP scores (module docstring): absolute relevances normalised per layer; the
+signature of ``Criterion.per_example`` (``references`` are not used)."""

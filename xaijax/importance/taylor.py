@@ -10,18 +10,16 @@ the engine; this module gives the per-example scores.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from xaijax.importance.criterion import Granularity, Scores, Variables
 from xaijax.importance.layers import (
     apply_with_perturbations,
-    layer_names,
     layer_output_shapes,
     position_sum,
 )
+from xaijax.importance.per_example import ScoringBatch, per_example_criterion
 from xaijax.models import inference_kwargs
 from xaijax.models.common import layer_variables
 
@@ -31,31 +29,23 @@ def target_loss(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
 
 
-def taylor_per_example(
-    model: nn.Module,
-    variables: Variables,
-    images: jax.Array,
-    targets: jax.Array,
-    references: jax.Array,
-    *,
-    granularity: Granularity,
-    rule: str,
-) -> Scores:
-    """Per-example Taylor scores: ``|sum_positions a * dL/da|`` per unit, ``|w * dL/dw|`` per
-    weight."""
-    del references, rule
-    names = layer_names(model, variables, images)
-    if granularity == "unit":
-        shapes = layer_output_shapes(model, variables, images)
-        zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
+def _unit_scores(batch: ScoringBatch) -> dict[str, jax.Array]:
+    """``|sum_positions a * dL/da|`` of each layer's outputs ``a``."""
+    model, variables, images = batch.model, batch.variables, batch.images
+    shapes = layer_output_shapes(model, variables, images)
+    zeros = {name: jnp.zeros(s.shape, s.dtype) for name, s in shapes.items()}
 
-        def loss(perturbations):
-            logits, outputs = apply_with_perturbations(model, variables, images, perturbations)
-            return target_loss(logits, targets), outputs
+    def loss(perturbations):
+        logits, outputs = apply_with_perturbations(model, variables, images, perturbations)
+        return target_loss(logits, batch.targets), outputs
 
-        grads, outputs = jax.grad(loss, has_aux=True)(zeros)
-        return {name: jnp.abs(position_sum(outputs[name] * grads[name])) for name in names}
+    grads, outputs = jax.grad(loss, has_aux=True)(zeros)
+    return {name: jnp.abs(position_sum(outputs[name] * grads[name])) for name in batch.names}
 
+
+def _weight_scores(batch: ScoringBatch) -> dict[str, jax.Array]:
+    """``|w * dL/dw|`` of each kernel's weights, one example at a time (vmapped)."""
+    model, variables = batch.model, batch.variables
     params = variables["params"]
 
     def one_example(image, target):
@@ -65,12 +55,15 @@ def taylor_per_example(
 
         grads = jax.grad(loss)(params)
         return {
-            name: {
-                "kernel": jnp.abs(
-                    layer_variables(params, name)["kernel"] * layer_variables(grads, name)["kernel"]
-                )
-            }
-            for name in names
+            name: jnp.abs(
+                layer_variables(params, name)["kernel"] * layer_variables(grads, name)["kernel"]
+            )
+            for name in batch.names
         }
 
-    return jax.vmap(one_example)(images, targets)
+    return jax.vmap(one_example)(batch.images, batch.targets)
+
+
+taylor_per_example = per_example_criterion(_unit_scores, _weight_scores)
+"""Per-example Taylor scores: ``|sum_positions a * dL/da|`` per unit, ``|w * dL/dw|`` per weight;
+the signature of ``Criterion.per_example`` (``references`` and ``rule`` are not used)."""
