@@ -18,18 +18,9 @@ compared, paired per seed, with the default and with the strongest baseline. In 
   layers after per-layer normalisation, instead of the default per-layer sparsity.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _study_config() -> ml_collections.ConfigDict:
-    path = Path(__file__).with_name("study_lenet5_fmnist.py")
-    spec = importlib.util.spec_from_file_location("study_lenet5_fmnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from xaijax.config_utils import sibling_config
 
 
 def _prune(**fields) -> dict:
@@ -42,7 +33,7 @@ def _scored(**importance) -> dict:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _study_config()
+    config = sibling_config(__file__, "study_lenet5_fmnist")
     variants = ml_collections.ConfigDict(
         {
             "deeplift_magnitude": _prune(criterion="deeplift_magnitude"),

@@ -16,10 +16,9 @@ The recipe that helps most would then run for the classic criteria too (one reci
 criterion).
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
+
+from xaijax.config_utils import sibling_config
 
 CRITERIA = ("deeplift",)
 DISTILL = {"distill_weight": 0.5, "distill_temperature": 4.0}
@@ -36,11 +35,7 @@ RECIPES = {
 def get_config() -> ml_collections.ConfigDict:
     from xaijax.study import regimes
 
-    path = Path(__file__).with_name("study_lenet5_fmnist.py")
-    spec = importlib.util.spec_from_file_location("study_lenet5_fmnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = sibling_config(__file__, "study_lenet5_fmnist")
     variants = regimes.variants(RECIPES, CRITERIA)
     config.ablation = ml_collections.ConfigDict(
         {"variants": ml_collections.ConfigDict(variants, sort_keys=False)}

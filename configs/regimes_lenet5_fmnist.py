@@ -18,22 +18,13 @@ and with LRP relevances (``share.assignments = ("ecq",)``), paired with the stud
 (``uniform``), magnitude- and DeepLIFT-weighted k-means.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
+
+from xaijax.config_utils import sibling_config
 
 CRITERIA = ("deeplift", "lrp", "taylor", "magnitude")
 ONE_SHOT = {"iterations": 1, "finetune_epochs": 0}
 MILD = {"conv_sparsity": 0.25, "dense_sparsity": 0.7, "param_budget": 0.3}
-
-
-def _load(name: str):
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def regimes() -> dict:
@@ -52,7 +43,7 @@ def regimes() -> dict:
 def get_config() -> ml_collections.ConfigDict:
     from xaijax.study import regimes as regimes_study
 
-    config = _load("study_lenet5_fmnist").get_config()
+    config = sibling_config(__file__, "study_lenet5_fmnist")
     variants = regimes_study.variants(regimes(), CRITERIA)
     variants["fine-tuned+lrp"] = {
         "stage": "prune",

@@ -10,18 +10,13 @@ width for every layer, each fine-tuned with QAT for 1 epoch (as the study's quan
 (4% of the float model's bytes is infeasible: the cheapest choice of every layer needs 10.7 KB.)
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
+
+from xaijax.config_utils import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    path = Path(__file__).with_name("study_lenet5_fmnist.py")
-    spec = importlib.util.spec_from_file_location("study_lenet5_fmnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = sibling_config(__file__, "study_lenet5_fmnist")
     config.compress.stages = ("joint",)
     config.compress.export_artifact = False
     config.compress.explain_consistency = False

@@ -10,18 +10,13 @@ layer, each fine-tuned with QAT for 1 epoch through the ``reference`` backend, a
 quantize stage (AQT's patch convolution is far slower on this model's convolutions).
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
+
+from xaijax.config_utils import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    path = Path(__file__).with_name("study_vgg_small_fmnist.py")
-    spec = importlib.util.spec_from_file_location("study_vgg_small_fmnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = sibling_config(__file__, "study_vgg_small_fmnist")
     config.compress.stages = ("joint",)
     config.compress.export_artifact = False
     config.compress.explain_consistency = False

@@ -10,21 +10,12 @@ Equal size: every pruning criterion keeps the same number of non-zero parameters
 leave 5,200-6,300 depending on the criterion), met by the last round's dense sparsity.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _main_job_config() -> ml_collections.ConfigDict:
-    path = Path(__file__).with_name("lenet5_fmnist.py")
-    spec = importlib.util.spec_from_file_location("lenet5_fmnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from xaijax.config_utils import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _main_job_config()
+    config = sibling_config(__file__, "lenet5_fmnist")
     config.prune.param_budget = 0.1
     return config

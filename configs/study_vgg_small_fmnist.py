@@ -23,22 +23,13 @@ Fine-tuning learning rates are for SGD with momentum (the defaults suit Adam): 5
 and QAT (a tenth of the training rate, the QAT default), 1e-3 for weight sharing.
 """
 
-import importlib.util
-from pathlib import Path
-
 import ml_collections
 
-
-def _vgg_config() -> ml_collections.ConfigDict:
-    path = Path(__file__).with_name("vgg_small_fmnist.py")
-    spec = importlib.util.spec_from_file_location("vgg_small_fmnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from xaijax.config_utils import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _vgg_config()
+    config = sibling_config(__file__, "vgg_small_fmnist")
     config.model.widths = {"conv1": 16, "conv2": 16, "conv3": 32, "conv4": 32, "fc1": 128}
     config.train.epochs = 6
 

@@ -1,26 +1,19 @@
-"""VGG-16 (BatchNorm) on CIFAR-10 from a local copy of the python-pickle batches
+"""VGG-16 (BatchNorm) on CIFAR-10: the small VGG's recipe (``configs/vgg_small_fmnist.py``: SGD
+0.05 with Nesterov momentum 0.9, weight decay 5e-4, cosine schedule, batch 128) with a 1-epoch
+warm-up for 160 epochs, on ResNet-20's CIFAR-10 data (``configs/resnet20_cifar10.py``: standardized,
+random crops and flips) from a local copy of the python-pickle batches
 (``--config.data.data_dir=/path/to/cifar-10-batches-py`` or ``$XAIJAX_CIFAR10_DIR``)."""
 
 import ml_collections
 
-from xaijax.defaults import base_config
+from xaijax.config_utils import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base_config()
-    config.data.name = "cifar10"
-    config.data.standardize = True
-    config.data.augment = "crop_flip"
-    config.data.crop_padding = 4
+    config = sibling_config(__file__, "vgg_small_fmnist")
+    config.data = sibling_config(__file__, "resnet20_cifar10").data
     config.model.name = "vgg16"
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.05
-    config.optimizer.momentum = 0.9
-    config.optimizer.nesterov = True
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.schedule = "cosine"
     config.optimizer.warmup_epochs = 1.0
     config.train.epochs = 160
-    config.train.batch_size = 128
     config.train.checkpoint_every_steps = 2000
     return config

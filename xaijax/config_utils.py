@@ -23,12 +23,16 @@ builds one with every field and its default (``xaijax.defaults.base_config``, wh
   and reported), or refuse (``strict``) with an error naming the changed fields.
 
 :func:`validate_config` checks all of it before any work and raises ``ValueError`` naming the
-offending field.
+offending field. A config file that starts from another (``configs/study_*.py``) loads it with
+:func:`sibling_config`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -302,3 +306,15 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         _fail("model.kwargs", "must be None or a mapping argument name -> value", kwargs)
     return dict(kwargs)
+
+
+def sibling_config(config_file: str | os.PathLike, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``<name>.py`` in the folder of ``config_file`` (a config
+    file's ``__file__``), loaded as a module of its own: how a config starts from another."""
+    path = Path(config_file).with_name(f"{name}.py")
+    if not path.is_file():
+        raise ValueError(f"no config file {name!r} beside {config_file}: {path} is missing")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
