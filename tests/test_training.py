@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from xaijax import checkpoint, data, models, pruning, training
+from xaijax.config_utils import training_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_VGG = {"conv1": 8, "conv2": 8, "conv3": 16, "conv4": 16, "fc1": 32}
@@ -22,21 +23,10 @@ BATCH = 64
 
 
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict(
-        {
-            "name": "adam",
-            "learning_rate": 3e-3,
-            "momentum": 0.9,
-            "nesterov": False,
-            "weight_decay": 0.0,
-            "schedule": "constant",
-            "warmup_epochs": 0.0,
-            "decay_epochs": (),
-            "decay_factor": 0.1,
-            "grad_clip_norm": 0.0,
-        }
-    )
-    config.update(overrides)
+    """The library's optimizer section (``config_utils.training_config``) at a learning rate of
+    3e-3, with ``overrides``."""
+    config = training_config().optimizer
+    config.update({"learning_rate": 3e-3, **overrides})
     return config
 
 

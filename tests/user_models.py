@@ -11,6 +11,15 @@ import jax
 import jax.numpy as jnp
 
 
+def residual_branch(x: jax.Array, features: int, strides: int, train: bool) -> jax.Array:
+    """conv(3x3, strides)-bn-relu-conv(3x3)-bn without biases, in the calling module (its layers
+    are named there: Conv_0, BatchNorm_0, Conv_1, BatchNorm_1)."""
+    y = nn.Conv(features, (3, 3), strides=strides, use_bias=False)(x)
+    y = nn.relu(nn.BatchNorm(use_running_average=not train)(y))
+    y = nn.Conv(features, (3, 3), use_bias=False)(y)
+    return nn.BatchNorm(use_running_average=not train)(y)
+
+
 class ResidualBlock(nn.Module):
     """conv-bn-relu-conv-bn plus the input, projected by a 1x1 conv-bn when the shape changes."""
 
@@ -19,10 +28,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = nn.Conv(self.features, (3, 3), strides=self.strides, use_bias=False)(x)  # Conv_0
-        y = nn.relu(nn.BatchNorm(use_running_average=not train)(y))  # BatchNorm_0
-        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)  # Conv_1
-        y = nn.BatchNorm(use_running_average=not train)(y)  # BatchNorm_1
+        y = residual_branch(x, self.features, self.strides, train)  # Conv_0 ... BatchNorm_1
         if x.shape[-1] != self.features or self.strides != 1:
             x = nn.Conv(self.features, (1, 1), strides=self.strides, use_bias=False)(x)  # Conv_2
             x = nn.BatchNorm(use_running_average=not train)(x)  # BatchNorm_2
@@ -54,10 +60,7 @@ class ShapeComparingBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = nn.Conv(self.features, (3, 3), strides=self.strides, use_bias=False)(x)  # Conv_0
-        y = nn.relu(nn.BatchNorm(use_running_average=not train)(y))  # BatchNorm_0
-        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)  # Conv_1
-        y = nn.BatchNorm(use_running_average=not train)(y)  # BatchNorm_1
+        y = residual_branch(x, self.features, self.strides, train)  # Conv_0 ... BatchNorm_1
         if x.shape != y.shape:
             x = nn.Conv(self.features, (1, 1), strides=self.strides, name="proj")(x)
             x = nn.BatchNorm(use_running_average=not train, name="proj_bn")(x)

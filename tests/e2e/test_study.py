@@ -58,23 +58,33 @@ def stamps(directory: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in directory.rglob("stage.json")}
 
 
-def run_study(config_file: Path, workdir: Path, seeds: str, cache: Path) -> None:
-    """``scripts/study.py`` in a subprocess; JAX's persistent compilation cache (``cache``) lets a
-    later seed reuse the programs compiled for an earlier one (same shapes)."""
-    env = {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "study.py"),
-        f"--config={config_file}",
-        f"--workdir={workdir}",
-        f"--seeds={seeds}",
-    ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def run_script(
+    script: str, *flags: str, cache: Path | None = None, timeout: int = 900, **env: str
+) -> None:
+    """``scripts/<script> <flags>`` in a subprocess (environment variables ``env`` added) that
+    must succeed; with ``cache``, JAX's persistent compilation cache there lets a later run reuse
+    the programs compiled for an earlier one (same shapes)."""
+    if cache is not None:
+        env |= {
+            "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
+    command = [sys.executable, str(REPO / "scripts" / script), *flags]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run_study(config_file: Path, workdir: Path, seeds: str, cache: Path) -> None:
+    """``scripts/study.py``; a later seed reuses the programs compiled for an earlier one."""
+    flags = (f"--config={config_file}", f"--workdir={workdir}", f"--seeds={seeds}")
+    run_script("study.py", *flags, cache=cache)
 
 
 @pytest.fixture(scope="module")
@@ -183,14 +193,7 @@ def test_tables_regenerate_from_rows_alone_with_scipy_statistics(studied, tmp_pa
     alone = tmp_path / "rows.jsonl"
     shutil.copy(workdir / study.ROWS_FILE, alone)
     output = tmp_path / "tables" / "study.md"
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "study_tables.py"),
-        f"--rows={alone}",
-        f"--output={output}",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_script("study_tables.py", f"--rows={alone}", f"--output={output}", timeout=300)
     text = output.read_text()
     summary = json.loads(output.with_suffix(".json").read_text())
     assert "95% paired t" in text
@@ -330,22 +333,10 @@ def get_config():
 
 
 def run_ablation(config_file: Path, study_dir: Path, workdir: Path, cache: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(config_file.parent),
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
-    command = [
-        sys.executable,
-        str(REPO / "scripts" / "ablation.py"),
-        f"--config={config_file}",
-        f"--study_workdir={study_dir}",
-        f"--workdir={workdir}",
-        "--seeds=0,1",
-    ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    flags = (f"--config={config_file}", f"--study_workdir={study_dir}", f"--workdir={workdir}")
+    run_script(
+        "ablation.py", *flags, "--seeds=0,1", cache=cache, PYTHONPATH=str(config_file.parent)
+    )
 
 
 @pytest.fixture(scope="module")
