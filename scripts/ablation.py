@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import report, study
+from xaijax import cli, report, study
 from xaijax.study import ablation, regimes
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+_CONFIG = cli.config_flag()
 _STUDY_WORKDIR = flags.DEFINE_string("study_workdir", None, "The finished study's workdir.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the ablation.")
+_WORKDIR = cli.workdir_flag("Directory of the ablation.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds, comma separated.")
 _VARIANTS = flags.DEFINE_list("variants", [], "Run only these variants (default: all).")
 _INTERVAL = flags.DEFINE_enum("interval", "t", list(study.INTERVALS), "Paired interval method.")
@@ -51,8 +50,7 @@ def write_tables(rows: list[dict], study_rows_path: epath.Path, output: epath.Pa
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.check_no_arguments(argv)
     if _TABLES_ONLY.value:
         if not (_ROWS.value and _STUDY_ROWS.value):
             raise app.UsageError("--tables_only needs --rows and --study_rows")
@@ -60,12 +58,9 @@ def main(argv: list[str]) -> None:
         output = epath.Path(_OUTPUT.value or rows_path.with_name("ablation.md"))
         write_tables(study.read_rows(rows_path), epath.Path(_STUDY_ROWS.value), output)
         return
-    from xaijax import logs, runtime
-
     if not (_CONFIG.value and _STUDY_WORKDIR.value and _WORKDIR.value):
         raise app.UsageError("running needs --config, --study_workdir and --workdir")
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    cli.set_up()
     config = _CONFIG.value
     variants = ablation.variants_from_config(config.ablation.variants)
     if _VARIANTS.value:
@@ -73,10 +68,7 @@ def main(argv: list[str]) -> None:
         if unknown:
             raise app.UsageError(f"unknown variants {sorted(unknown)}")
         variants = tuple(v for v in variants if v.name in _VARIANTS.value)
-    try:
-        seeds = [int(seed) for seed in _SEEDS.value]
-    except ValueError as err:
-        raise app.UsageError(f"--seeds must be integers: {err}") from None
+    seeds = cli.integers(_SEEDS.value, "--seeds")
     workdir = epath.Path(_WORKDIR.value)
     rows = ablation.run(config, _STUDY_WORKDIR.value, workdir, variants, seeds)
     study_rows = epath.Path(_STUDY_ROWS.value or epath.Path(_STUDY_WORKDIR.value) / study.ROWS_FILE)
@@ -84,4 +76,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, required=())

@@ -16,13 +16,12 @@ centroids follow the large weights and the small half is rounded to a far centro
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from xaijax import experiments, report, study, training, weight_sharing
+from xaijax import cli, experiments, report, study, training, weight_sharing
 from xaijax.experiments import share as share_experiment
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The study's config file.")
+_CONFIG = cli.config_flag("The study's config file.", lock_config=True)
 _STUDY = flags.DEFINE_string("study_workdir", None, "A finished study's workdir.")
 _SEED = flags.DEFINE_integer("seed", 0, "The study seed to analyse.")
 _BITS = flags.DEFINE_integer("bits", 2, "Bits per weight (2^bits clusters).")
@@ -94,5 +93,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "study_workdir"])
-    app.run(main)
+    cli.run(main, required=["config", "study_workdir"])

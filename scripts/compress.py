@@ -9,21 +9,16 @@ interrupted stage continues from its checkpoints. The report is ``<workdir>/repo
 
 from __future__ import annotations
 
-from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import logs, pipeline, report, runtime, sharding
+from xaijax import cli, pipeline, report, sharding
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, results and report.")
+_CONFIG = cli.config_flag()
+_WORKDIR = cli.workdir_flag("Directory for checkpoints, results and report.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    cli.start(argv)
     config = _CONFIG.value
     sharding.initialize_distributed(config)
     workdir = epath.Path(_WORKDIR.value)
@@ -33,5 +28,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

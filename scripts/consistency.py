@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from etils import epath
 
-from xaijax import study
+from xaijax import cli, study
 
 _STUDY_WORKDIR = flags.DEFINE_string("study_workdir", None, "A finished study's workdir.")
 _SEEDS = flags.DEFINE_list("seeds", [], "Seeds, comma separated (default: the study's).")
@@ -37,8 +37,7 @@ ROWS_FILE = "rows.jsonl"
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.check_no_arguments(argv)
     from xaijax.experiments import consistency_study
 
     study_dir = epath.Path(_STUDY_WORKDIR.value)
@@ -48,16 +47,10 @@ def main(argv: list[str]) -> None:
         path = consistency_study.write_report(output, rows, _CONFIDENCE.value)
         print(f"report: {path}", flush=True)
         return
-    from xaijax import logs, runtime
-
     recorded = json.loads((study_dir / study.CONFIG_FILE).read_text())
     config = ml_collections.ConfigDict(recorded["config"])
-    try:
-        seeds = [int(s) for s in _SEEDS.value] if _SEEDS.value else list(recorded["seeds"])
-    except ValueError as err:
-        raise app.UsageError(f"--seeds must be integers: {err}") from None
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    seeds = cli.integers(_SEEDS.value, "--seeds") if _SEEDS.value else list(recorded["seeds"])
+    cli.set_up()
     rows = consistency_study.study_rows(
         study_dir,
         study.check_seeds(seeds),
@@ -75,5 +68,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["study_workdir"])
-    app.run(main)
+    cli.run(main, required=["study_workdir"])

@@ -11,15 +11,14 @@ the first ``--num_images`` test images against an all-zero reference
 from __future__ import annotations
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import deeplift, runtime, training
+from xaijax import cli, deeplift, training
 from xaijax.experiments import common, explain
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding variables/.")
+_CONFIG = cli.config_flag("Training config file.", lock_config=True)
+_WORKDIR = cli.workdir_flag("Training workdir holding variables/.")
 _NUM_IMAGES = flags.DEFINE_integer(
     "num_images", 8, "Number of test images to explain.", lower_bound=1
 )
@@ -28,9 +27,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "PNG path (default <workdir>/expla
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    runtime.enable_compilation_cache()
+    cli.start(argv)
     config, workdir = _CONFIG.value, epath.Path(_WORKDIR.value)
     variables = common.load_variables(workdir / "variables")
     model = training.model_from_config(config)
@@ -48,5 +45,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

@@ -17,23 +17,19 @@ import json
 
 from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import artifact, logs, pipeline, report, runtime, training
+from xaijax import artifact, cli, pipeline, report, training
 from xaijax.experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished pipeline's workdir.")
+_CONFIG = cli.config_flag()
+_WORKDIR = cli.workdir_flag("A finished pipeline's workdir.")
 _OUT = flags.DEFINE_string("out", None, "Artifact directory (default: <workdir>/artifact).")
 _STRATEGY = flags.DEFINE_string("strategy", None, "Bit allocation strategy of the quantize run.")
 _BUDGET = flags.DEFINE_float("budget", None, "Average bits of the quantize run.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    cli.start(argv)
     config = _CONFIG.value
     workdir = epath.Path(_WORKDIR.value)
     results_file = workdir / "results.json"
@@ -59,5 +55,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

@@ -8,22 +8,17 @@ See ``xaijax.experiments.prune`` for the settings (``config.prune``) and the out
 
 from __future__ import annotations
 
-from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import logs, runtime
+from xaijax import cli
 from xaijax.experiments import prune
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the pruning run's outputs.")
+_CONFIG = cli.config_flag()
+_WORKDIR = cli.workdir_flag("Directory for the pruning run's outputs.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    cli.start(argv)
     workdir = epath.Path(_WORKDIR.value)
     results = prune.run(_CONFIG.value, workdir)
     acc = results["accuracy"]
@@ -36,5 +31,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

@@ -12,27 +12,23 @@ from __future__ import annotations
 
 from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import logs, report, runtime
+from xaijax import cli, report
 from xaijax.experiments import sweep
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the sweep's outputs.")
+_CONFIG = cli.config_flag()
+_WORKDIR = cli.workdir_flag("Directory for the sweep's outputs.")
 _CRITERIA = flags.DEFINE_list("criteria", "deeplift,taylor,magnitude,random", "Criteria to sweep.")
 _SPARSITIES = flags.DEFINE_list("sparsities", "0.3,0.5,0.7,0.9", "Fractions to remove.")
 _GRANULARITIES = flags.DEFINE_list("granularities", "unit,weight", "unit, weight and/or hybrid.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)
     try:
         sparsities = [float(s) for s in _SPARSITIES.value]
     except ValueError as error:
         raise app.UsageError(f"--sparsities must be numbers: {error}") from error
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
     workdir = epath.Path(_WORKDIR.value)
     rows = sweep.sweep(
         _CONFIG.value,
@@ -55,5 +51,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

@@ -11,30 +11,23 @@ raw rows; at the end ``<workdir>/study.md``, ``study.json`` (the numbers for fig
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import logs, runtime, sharding, study
+from xaijax import cli, sharding, study
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study (one folder per seed).")
+_CONFIG = cli.config_flag()
+_WORKDIR = cli.workdir_flag("Directory of the study (one folder per seed).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Seeds, comma separated.")
 _INTERVAL = flags.DEFINE_enum("interval", "t", list(study.INTERVALS), "Paired interval method.")
 _CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence level of the intervals.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    cli.start(argv)
     config = _CONFIG.value
     sharding.initialize_distributed(config)
-    try:
-        seeds = [int(seed) for seed in _SEEDS.value]
-    except ValueError as err:
-        raise app.UsageError(f"--seeds must be integers: {err}") from None
+    seeds = cli.integers(_SEEDS.value, "--seeds")
     workdir = epath.Path(_WORKDIR.value)
     rows = study.run(config, workdir, seeds)
     output = workdir / "study.md"
@@ -43,5 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    cli.run(main)

@@ -9,10 +9,10 @@ it. No JAX, no training: only ``xaijax.study`` over the rows.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
-from xaijax import study
+from xaijax import cli, study
 
 _ROWS = flags.DEFINE_string("rows", None, "A study's rows.jsonl.")
 _OUTPUT = flags.DEFINE_string(
@@ -23,8 +23,7 @@ _CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence level of the in
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.check_no_arguments(argv)
     rows_path = epath.Path(_ROWS.value)
     output = epath.Path(_OUTPUT.value) if _OUTPUT.value else rows_path.parent / "study.md"
     rows = study.read_rows(rows_path)
@@ -33,5 +32,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["rows"])
-    app.run(main)
+    cli.run(main, required=["rows"])

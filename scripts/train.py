@@ -17,23 +17,17 @@ from __future__ import annotations
 import json
 
 import jax
-from absl import app, flags
 from etils import epath
-from ml_collections import config_flags
 
-from xaijax import logs, runtime
+from xaijax import cli
 from xaijax.experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG = cli.config_flag("Training config file.", lock_config=True)
+_WORKDIR = cli.workdir_flag("Directory for checkpoints, metrics and results.")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.setup_logging()
-    runtime.enable_compilation_cache()
+    cli.start(argv)
     workdir = epath.Path(_WORKDIR.value)
     common.load_or_train(_CONFIG.value, workdir)
     if jax.process_index() != 0:
@@ -49,4 +43,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,7 @@ LAYERS: tuple[frozenset[str], ...] = (
         {
             "_version",
             "logs",
+            "cli",
             "runtime",
             "checkpoint",
             "paths",
