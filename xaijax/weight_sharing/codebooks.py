@@ -116,6 +116,43 @@ def _kernels_like(
     return {name: leaves[name] for name in names}
 
 
+class _ClusteredLayers(NamedTuple):
+    """The checked inputs of clustering the kernels of ``params``, by layer name."""
+
+    kernels: dict[str, Any]  # every kernel leaf, in tree order
+    bits: dict[str, int]  # the clustered layers' bit widths
+    scores: dict[str, Any]  # importance / relevance kernels of the clustered layers ({}: none)
+    masks: dict[str, Any]  # mask kernels of the clustered layers ({}: none)
+
+
+def _clustered_layers(
+    params: PyTree,
+    bits: int | Mapping[str, int],
+    scores: PyTree | None,
+    mask: PyTree | None,
+    init: Any,
+    what: str,
+) -> _ClusteredLayers:
+    """The kernels, bits, scores (named ``what`` in errors) and masks of the layers to cluster,
+    after checking that there are kernels, ``init`` is one of ``INITS``, the scores are finite,
+    non-negative and kernel-shaped, and every clustered kernel is finite (when concrete)."""
+    kernels = kernel_leaves(params)
+    if not kernels:
+        raise ValueError("params has no leaves named 'kernel' to cluster")
+    layer_bits = _layer_bits(bits, list(kernels))
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    names = [name for name in kernels if name in layer_bits]
+    layer_scores = _kernels_like(scores, kernels, names, what)
+    masks = _kernels_like(mask, kernels, names, "mask")
+    for name, leaf in layer_scores.items():
+        _check_importance(leaf, jnp.shape(kernels[name]), f"{what}[{name!r}]")
+    for name in names:
+        if _is_concrete(kernels[name]) and not np.all(np.isfinite(np.asarray(kernels[name]))):
+            raise ValueError(f"kernel {name!r} has non-finite values")
+    return _ClusteredLayers(kernels, layer_bits, layer_scores, masks)
+
+
 def cluster_params(
     params: PyTree,
     bits: int | Mapping[str, int],
@@ -137,23 +174,10 @@ def cluster_params(
         the index MASKED and weight 0 in the clustering.
       init, max_iters, key: as in ``kmeans_1d`` (each layer gets ``fold_in(key, layer_number)``).
     """
-    kernels = kernel_leaves(params)
-    if not kernels:
-        raise ValueError("params has no leaves named 'kernel' to cluster")
-    layer_bits = _layer_bits(bits, list(kernels))
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    names = [name for name in kernels if name in layer_bits]
-    scores = _kernels_like(importance, kernels, names, "importance")
-    keeps = {
-        name: jnp.asarray(leaf) != 0
-        for name, leaf in _kernels_like(mask, kernels, names, "mask").items()
-    }
-    for name, leaf in scores.items():
-        _check_importance(leaf, jnp.shape(kernels[name]), f"importance[{name!r}]")
-    for name in names:
-        if _is_concrete(kernels[name]) and not np.all(np.isfinite(np.asarray(kernels[name]))):
-            raise ValueError(f"kernel {name!r} has non-finite values")
+    kernels, layer_bits, scores, masks = _clustered_layers(
+        params, bits, importance, mask, init, "importance"
+    )
+    keeps = {name: jnp.asarray(leaf) != 0 for name, leaf in masks.items()}
     key = jax.random.key(0) if key is None else key
     shared: SharedWeights = {}
     for number, (name, kernel) in enumerate(kernels.items()):

@@ -45,14 +45,16 @@ from xaijax.weight_sharing.codebooks import (
     PyTree,
     SharedLayer,
     SharedWeights,
-    _kernels_like,
-    _layer_bits,
-    kernel_leaves,
+    _clustered_layers,
 )
-from xaijax.weight_sharing.initialization import INITS, _initial_codebook
-from xaijax.weight_sharing.kmeans import _check_init
+from xaijax.weight_sharing.initialization import _initial_codebook
+from xaijax.weight_sharing.kmeans import _check_iterations
 from xaijax.weight_sharing.sorted_values import _sort_data
-from xaijax.weight_sharing.validation import _check_bits, _check_importance, _is_concrete
+from xaijax.weight_sharing.validation import (
+    _check_bits,
+    _check_importance,
+    _check_values,
+)
 
 MIN_PADDED_LENGTH = 4096
 """``ecq_cluster_params`` pads a kernel of n weights to max(MIN_PADDED_LENGTH, 2^ceil(log2 n))."""
@@ -231,12 +233,6 @@ def _check_lam(lam: Any, what: str = "lam") -> float:
     return float(lam)
 
 
-def _check_max_iters(max_iters: Any) -> int:
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0:
-        raise ValueError(f"max_iters must be a non-negative int, got {max_iters!r}")
-    return max_iters
-
-
 def ecq_cluster(
     values: chex.Array,
     bits: int,
@@ -269,11 +265,7 @@ def ecq_cluster(
       key: PRNG key for "random" and "kmeans++" (default ``jax.random.key(0)``).
     """
     k = 2 ** _check_bits(bits)
-    values = jnp.asarray(values, jnp.float32)
-    if values.ndim != 1 or values.shape[0] == 0:
-        raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
-    if _is_concrete(values) and not bool(jnp.all(jnp.isfinite(values))):
-        raise ValueError("values must be finite")
+    values = _check_values(values)
     lam = _check_lam(lam)
     if relevance is not None:
         if not zero_centroid:
@@ -284,9 +276,7 @@ def ecq_cluster(
         if jnp.shape(mask) != values.shape:
             raise ValueError(f"mask has shape {jnp.shape(mask)}, expected {values.shape}")
         mask = jnp.asarray(mask) != 0
-    init_name, init_codebook = _check_init(init, k)
-    max_iters = _check_max_iters(max_iters)
-    key = jax.random.key(0) if key is None else key
+    init_name, init_codebook, max_iters, key = _check_iterations(init, k, max_iters, key)
     return _ecq_jit(
         values,
         relevance,
@@ -331,21 +321,10 @@ def ecq_cluster_params(
       lam: relative entropy multiplier >= 0.
       init, max_iters, key: as in ``ecq_cluster`` (each layer gets ``fold_in(key, number)``).
     """
-    kernels = kernel_leaves(params)
-    if not kernels:
-        raise ValueError("params has no leaves named 'kernel' to cluster")
-    layer_bits = _layer_bits(bits, list(kernels))
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    kernels, layer_bits, scores, masks = _clustered_layers(
+        params, bits, relevance, mask, init, "relevance"
+    )
     lam = _check_lam(lam)
-    names = [name for name in kernels if name in layer_bits]
-    scores = _kernels_like(relevance, kernels, names, "relevance")
-    masks = _kernels_like(mask, kernels, names, "mask")
-    for name, leaf in scores.items():
-        _check_importance(leaf, jnp.shape(kernels[name]), f"relevance[{name!r}]")
-    for name in names:
-        if _is_concrete(kernels[name]) and not np.all(np.isfinite(np.asarray(kernels[name]))):
-            raise ValueError(f"kernel {name!r} has non-finite values")
     key = jax.random.key(0) if key is None else key
     shared: SharedWeights = {}
     for number, (name, kernel) in enumerate(kernels.items()):

@@ -29,7 +29,7 @@ from xaijax.weight_sharing.sorted_values import (
     _SortedData,
     nearest_indices,
 )
-from xaijax.weight_sharing.validation import _check_kmeans_inputs
+from xaijax.weight_sharing.validation import _check_kmeans_inputs, _check_max_iters
 
 
 class KMeansResult(NamedTuple):
@@ -140,6 +140,17 @@ def _check_init(init: Any, k: int) -> tuple[str, jax.Array | None]:
     return "explicit", codebook
 
 
+def _check_iterations(
+    init: Any, k: int, max_iters: Any, key: jax.Array | None
+) -> tuple[str, jax.Array | None, int, jax.Array]:
+    """(init name, explicit codebook or None, max_iters, key) of an iterative clustering of
+    ``k`` entries after checking ``init`` and ``max_iters``; ``key`` defaults to
+    ``jax.random.key(0)``."""
+    init_name, init_codebook = _check_init(init, k)
+    key = jax.random.key(0) if key is None else key
+    return init_name, init_codebook, _check_max_iters(max_iters), key
+
+
 def kmeans_1d(
     values: chex.Array,
     bits: int,
@@ -168,10 +179,7 @@ def kmeans_1d(
       track_objective: also return J after every iteration (one O(n) pass per iteration).
     """
     k, values, weights = _check_kmeans_inputs(values, bits, weights)
-    init_name, init_codebook = _check_init(init, k)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0:
-        raise ValueError(f"max_iters must be a non-negative int, got {max_iters!r}")
-    key = jax.random.key(0) if key is None else key
+    init_name, init_codebook, max_iters, key = _check_iterations(init, k, max_iters, key)
     return _kmeans_1d_jit(
         values,
         weights,

@@ -39,16 +39,30 @@ def _check_importance(importance: Any, shape: tuple[int, ...], what: str) -> Non
             raise ValueError(f"{what} must be non-negative, got minimum {host.min()}")
 
 
-def _check_kmeans_inputs(
-    values: Any, bits: Any, weights: Any
-) -> tuple[int, jax.Array, jax.Array | None]:
-    """(k, float32 values, float32 weights or None) after checking bits, shapes and signs."""
-    k = 2 ** _check_bits(bits)
+def _check_values(values: Any) -> jax.Array:
+    """``values`` as float32 after checking that they are a non-empty 1-D array of finite values
+    (finiteness only when concrete)."""
     values = jnp.asarray(values, jnp.float32)
     if values.ndim != 1 or values.shape[0] == 0:
         raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}")
     if _is_concrete(values) and not bool(jnp.all(jnp.isfinite(values))):
         raise ValueError("values must be finite")
+    return values
+
+
+def _check_max_iters(max_iters: Any) -> int:
+    """``max_iters`` if it is an int >= 0, else raise."""
+    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 0:
+        raise ValueError(f"max_iters must be a non-negative int, got {max_iters!r}")
+    return max_iters
+
+
+def _check_kmeans_inputs(
+    values: Any, bits: Any, weights: Any
+) -> tuple[int, jax.Array, jax.Array | None]:
+    """(k, float32 values, float32 weights or None) after checking bits, shapes and signs."""
+    k = 2 ** _check_bits(bits)
+    values = _check_values(values)
     if weights is not None:
         weights = jnp.asarray(weights, jnp.float32)
         _check_importance(weights, values.shape, "weights")
