@@ -27,7 +27,7 @@ from aqt.jax.v2.flax import aqt_flax
 from aqt.jax.v2.numerics import utils as aqt_numerics
 from jax import lax
 
-from xaijax.quantization.numerics import LayerKind, check_bits, check_kind
+from xaijax.quantization.numerics import LayerKind, check_kind, check_layer_bits
 
 
 def aqt_dot_general_config(weight_bits: int, activation_bits: int | None = None):
@@ -129,9 +129,7 @@ class AqtBackend:
     def layer_kwargs(
         self, kind: LayerKind, weight_bits: int, activation_bits: int | None
     ) -> dict[str, Any]:
-        weight_bits = check_bits(weight_bits, "weight_bits")
-        if activation_bits is not None:
-            activation_bits = check_bits(activation_bits, "activation_bits")
+        weight_bits, activation_bits = check_layer_bits(weight_bits, activation_bits)
         cfg = aqt_dot_general_config(weight_bits, activation_bits)
         dot_general_cls = functools.partial(aqt_flax.AqtDotGeneral, cfg, prng_name=None)
         if check_kind(kind) == "dense":

@@ -40,6 +40,15 @@ def check_bits(bits: Any, what: str) -> int:
     return int(bits)
 
 
+def check_layer_bits(weight_bits: Any, activation_bits: Any) -> tuple[int, int | None]:
+    """``(weight_bits, activation_bits)`` of a quantized layer after ``check_bits`` on each
+    (``activation_bits`` None: float activations)."""
+    weight_bits = check_bits(weight_bits, "weight_bits")
+    if activation_bits is not None:
+        activation_bits = check_bits(activation_bits, "activation_bits")
+    return weight_bits, activation_bits
+
+
 def check_kind(kind: Any) -> LayerKind:
     """Return ``kind`` if it is a layer kind a backend quantizes, else raise."""
     if kind not in LAYER_KINDS:

@@ -40,14 +40,22 @@ gradient at the quantized kernel (and quantized input), as with AQT. The ops ign
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from qwix._src.core import conv_general_qt, dot_general_qt
 
-from xaijax.quantization.numerics import LayerKind, check_bits, check_kind, quant_bound
+from xaijax.quantization.numerics import (
+    LayerKind,
+    check_bits,
+    check_kind,
+    check_layer_bits,
+    quant_bound,
+)
 
 #: qwix's qtype per width: its native int4/int8 dtypes, else its synthetic ``"int<b>"`` types
 #: (stored in int4 up to 4 bits, int8 above).
@@ -92,18 +100,26 @@ def check_supported(kind: LayerKind, weight_bits: int, activation_bits: int | No
         )
 
 
+def _operand_fields(weight_bits: int, activation_bits: int | None) -> dict[str, Any]:
+    """The qtypes and calibrations of a QT config: rhs (kernel) at ``weight_bits``, lhs (input)
+    at ``activation_bits`` (None: float)."""
+    return {
+        "lhs_qtype": None if activation_bits is None else qwix_qtype(activation_bits),
+        "rhs_qtype": qwix_qtype(weight_bits),
+        "lhs_calibration_method": (
+            "absmax" if activation_bits is None else qwix_calibration(activation_bits)
+        ),
+        "rhs_calibration_method": qwix_calibration(weight_bits),
+    }
+
+
 def dot_general_config(
     weight_bits: int, activation_bits: int | None = None
 ) -> dot_general_qt.DotGeneralQtConfig:
     """qwix QT config of a Dense layer: rhs (kernel) at ``weight_bits``, lhs at
     ``activation_bits`` (None: float), straight-through float backward on quantized operands."""
     return dot_general_qt.DotGeneralQtConfig(
-        lhs_qtype=None if activation_bits is None else qwix_qtype(activation_bits),
-        rhs_qtype=qwix_qtype(weight_bits),
-        lhs_calibration_method=(
-            "absmax" if activation_bits is None else qwix_calibration(activation_bits)
-        ),
-        rhs_calibration_method=qwix_calibration(weight_bits),
+        **_operand_fields(weight_bits, activation_bits),
         use_original_residuals=False,
         disable_gradient_clipping=True,
     )
@@ -113,14 +129,7 @@ def conv_config(
     weight_bits: int, activation_bits: int | None = None
 ) -> conv_general_qt.ConvGeneralQtConfig:
     """qwix QT config of a conv layer (kernel per output channel, input per example)."""
-    return conv_general_qt.ConvGeneralQtConfig(
-        lhs_qtype=None if activation_bits is None else qwix_qtype(activation_bits),
-        rhs_qtype=qwix_qtype(weight_bits),
-        lhs_calibration_method=(
-            "absmax" if activation_bits is None else qwix_calibration(activation_bits)
-        ),
-        rhs_calibration_method=qwix_calibration(weight_bits),
-    )
+    return conv_general_qt.ConvGeneralQtConfig(**_operand_fields(weight_bits, activation_bits))
 
 
 def qwix_dot_general(
@@ -147,36 +156,34 @@ def _optional_tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
     return None if values is None else tuple(int(v) for v in values)
 
 
+_CONV_SIGNATURE = inspect.signature(lax.conv_general_dilated)
+
+
 def qwix_conv_general_dilated(
-    config: conv_general_qt.ConvGeneralQtConfig,
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: str | Sequence[Sequence[int]],
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    batch_group_count: int = 1,
-    precision: Any = None,
-    preferred_element_type: Any = None,
+    config: conv_general_qt.ConvGeneralQtConfig, *args: Any, **kwargs: Any
 ) -> jax.Array:
-    """``lax.conv_general_dilated`` signature over qwix's ``conv_general_qt`` (``precision``
-    ignored; the static arguments are made hashable, as its custom VJP needs)."""
-    del precision
+    """``lax.conv_general_dilated(*args, **kwargs)`` (its signature, bound by name) over qwix's
+    ``conv_general_qt`` (``precision`` ignored; the static arguments are made hashable, as its
+    custom VJP needs)."""
+    call = _CONV_SIGNATURE.bind(*args, **kwargs)
+    call.apply_defaults()
+    bound = call.arguments
+    if bound.get("out_sharding") is not None:
+        raise ValueError(f"the qwix convolution takes no out_sharding, got {bound['out_sharding']}")
     out = conv_general_qt.conv_general_qt(
-        lhs,
-        rhs,
+        bound["lhs"],
+        bound["rhs"],
         config,
-        tuple(int(s) for s in window_strides),
-        _hashable_padding(padding),
-        _optional_tuple(lhs_dilation),
-        _optional_tuple(rhs_dilation),
-        dimension_numbers,
-        feature_group_count,
-        batch_group_count,
+        tuple(int(s) for s in bound["window_strides"]),
+        _hashable_padding(bound["padding"]),
+        _optional_tuple(bound["lhs_dilation"]),
+        _optional_tuple(bound["rhs_dilation"]),
+        bound["dimension_numbers"],
+        bound["feature_group_count"],
+        bound["batch_group_count"],
     )
-    return out if preferred_element_type is None else out.astype(preferred_element_type)
+    preferred = bound["preferred_element_type"]
+    return out if preferred is None else out.astype(preferred)
 
 
 class QwixBackend:
@@ -187,9 +194,7 @@ class QwixBackend:
     def layer_kwargs(
         self, kind: LayerKind, weight_bits: int, activation_bits: int | None
     ) -> dict[str, Any]:
-        weight_bits = check_bits(weight_bits, "weight_bits")
-        if activation_bits is not None:
-            activation_bits = check_bits(activation_bits, "activation_bits")
+        weight_bits, activation_bits = check_layer_bits(weight_bits, activation_bits)
         check_supported(check_kind(kind), weight_bits, activation_bits)
         if kind == "dense":
             config = dot_general_config(weight_bits, activation_bits)
