@@ -21,6 +21,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,18 +33,44 @@ PYTORCH_REFERENCE = {"lenet5": 12_500.0, "vgg_small": 1_100.0}
 DEFAULT_STEPS = {"lenet5": 200, "vgg_small": 40}
 
 
-def staged_train_pass(
-    name: str, ds: data.Dataset, *, batch_size: int, steps: int
-) -> Callable[[], tuple[float, float]]:
-    """A callable running ``steps`` xaijax train steps (``training.train_step_staged``, as in
-    ``training.fit``) on ``name``; each call returns (seconds, final loss). Not yet warmed up."""
+def bench_arguments(description: str, *, steps_help: str) -> argparse.ArgumentParser:
+    """The options of every training benchmark (this script, ``bench_train_vs_torch.py``,
+    ``profile_train.py``): ``--models``, ``--batch-size``, ``--steps``, ``--data-dir``."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
+    parser.add_argument("--models", default="lenet5,vgg_small")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=0, help=steps_help)
+    parser.add_argument("--data-dir", default=None)
+    return parser
+
+
+def first_batches(
+    ds: data.Dataset, batch_size: int, steps: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[steps, batch_size, ...]`` and labels of the first ``steps`` batches of epoch 0
+    (seed 0; None: the whole epoch), the batches every benchmark side trains on."""
+    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)[:steps]
+    return ds.images[indices], ds.labels[indices]
+
+
+def staged_training(name: str, ds: data.Dataset, *, batch_size: int, steps: int) -> tuple:
+    """(model, its Adam train state replicated over the mesh, the ``first_batches`` staged on the
+    devices as ``training.fit`` stages an epoch)."""
     model = models.get_model(name)
     mesh = training.make_mesh()
     state = training.create_train_state(model, optax.adam(1e-3), 0, (1, *ds.images.shape[1:]))
-    holder = [training.replicate(state, mesh, copy=True)]
-    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)[:steps]
-    images, labels = training.shard_batches(mesh, ds.images[indices], ds.labels[indices])
+    images, labels = training.shard_batches(mesh, *first_batches(ds, batch_size, steps))
     jax.block_until_ready((images, labels))
+    return model, training.replicate(state, mesh, copy=True), images, labels
+
+
+def timed_train_steps(
+    state: Any, images: jax.Array, labels: jax.Array
+) -> Callable[[], tuple[float, float]]:
+    """A callable running one ``training.train_step_staged`` per staged batch, continuing from
+    the state the call before it left; each call returns (seconds, final loss)."""
+    holder = [state]
+    steps = images.shape[0]
 
     def run() -> tuple[float, float]:
         started = time.perf_counter()
@@ -57,11 +84,20 @@ def staged_train_pass(
     return run
 
 
+def staged_train_pass(
+    name: str, ds: data.Dataset, *, batch_size: int, steps: int
+) -> Callable[[], tuple[float, float]]:
+    """A callable running ``steps`` xaijax train steps (``training.train_step_staged``, as in
+    ``training.fit``) on ``name``; each call returns (seconds, final loss). Not yet warmed up."""
+    _, state, images, labels = staged_training(name, ds, batch_size=batch_size, steps=steps)
+    return timed_train_steps(state, images, labels)
+
+
 def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, repeats: int):
     mesh = training.make_mesh()
-    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)
+    images, labels = first_batches(ds, batch_size)
     started = time.perf_counter()
-    jax.block_until_ready(training.shard_batches(mesh, ds.images[indices], ds.labels[indices]))
+    jax.block_until_ready(training.shard_batches(mesh, images, labels))
     stage_seconds = time.perf_counter() - started
     run = staged_train_pass(name, ds, batch_size=batch_size, steps=steps)
 
@@ -75,7 +111,7 @@ def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, rep
         rates.append(steps * batch_size / seconds)
         cpu_rates.append(steps * batch_size / (time.process_time() - cpu_started))
     median = statistics.median(rates)
-    epoch_steps = indices.shape[0]
+    epoch_steps = images.shape[0]
     with_staging = epoch_steps * batch_size / (stage_seconds + epoch_steps * batch_size / median)
     return {
         "model": name,
@@ -96,12 +132,8 @@ def bench_model(name: str, ds: data.Dataset, *, batch_size: int, steps: int, rep
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="lenet5,vgg_small")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=0, help="steps per timed run (0: default)")
+    parser = bench_arguments(__doc__, steps_help="steps per timed run (0: default)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     ds = data.load_dataset("fashion_mnist", "train", args.data_dir)
     print(

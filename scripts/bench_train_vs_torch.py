@@ -21,7 +21,6 @@ PyTorch is needed only here: ``pip install -e '.[bench]'`` (or ``pip install tor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,7 +33,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import DEFAULT_STEPS, staged_train_pass
+from bench_train import DEFAULT_STEPS, bench_arguments, first_batches, staged_train_pass
 
 from xaijax import data
 
@@ -93,17 +92,25 @@ def torch_vgg_small(torch: Any) -> Any:
 TORCH_MODELS = {"lenet5": torch_lenet5, "vgg_small": torch_vgg_small}
 
 
+def torch_training(torch: Any, name: str, ds: data.Dataset, *, batch_size: int, steps: int):
+    """(model in training mode, its Adam optimizer, NCHW images and int64 labels of the batches
+    xaijax trains on), seeded."""
+    torch.manual_seed(0)
+    model = TORCH_MODELS[name](torch).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images, labels = first_batches(ds, batch_size, steps)
+    images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)))
+    return model, optimizer, images, torch.from_numpy(labels.astype(np.int64))
+
+
 def torch_train_pass(
     torch: Any, name: str, ds: data.Dataset, *, batch_size: int, steps: int
 ) -> TorchPass:
     """A callable running ``steps`` PyTorch Adam steps on the batches xaijax uses; each call
     returns (seconds, final loss)."""
-    torch.manual_seed(0)
-    model = TORCH_MODELS[name](torch).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)[:steps]
-    images = torch.from_numpy(np.ascontiguousarray(ds.images[indices].transpose(0, 1, 4, 2, 3)))
-    labels = torch.from_numpy(ds.labels[indices].astype(np.int64))
+    model, optimizer, images, labels = torch_training(
+        torch, name, ds, batch_size=batch_size, steps=steps
+    )
     loss_fn = torch.nn.functional.cross_entropy
 
     def run() -> tuple[float, float]:
@@ -137,12 +144,8 @@ def alternate(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="lenet5,vgg_small")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=0, help="steps per timed pass (0: default)")
+    parser = bench_arguments(__doc__, steps_help="steps per timed pass (0: default)")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--data-dir", default=None)
     parser.add_argument(
         "--cores",
         type=int,

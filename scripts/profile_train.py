@@ -29,7 +29,6 @@ backward pass): compare the rows together with the totals.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -43,12 +42,12 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_vs_torch import TORCH_MODELS, _import_torch, pin_to_cores
+from bench_train import bench_arguments, staged_training, timed_train_steps
+from bench_train_vs_torch import _import_torch, cpu_count, pin_to_cores, torch_training
 
-from xaijax import data, models, training
+from xaijax import data, training
 
 DEFAULT_STEPS = {"lenet5": 40, "vgg_small": 5}
 ADAM = "Adam update (+ zero_grad, metrics)"
@@ -154,26 +153,12 @@ def _rows_by_instruction(text: str, model: str, kernels: dict, batch: int) -> di
 def _xaijax_step(name: str, ds: data.Dataset, batch_size: int, steps: int):
     """(run ``steps`` staged train steps, the compiled HLO text, the model's class name, the conv
     and dense kernel shapes by layer)."""
-    model = models.get_model(name)
-    mesh = training.make_mesh()
-    state = training.create_train_state(model, optax.adam(1e-3), 0, (1, *ds.images.shape[1:]))
-    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)[:steps]
-    images, labels = training.shard_batches(mesh, ds.images[indices], ds.labels[indices])
-    holder = [training.replicate(state, mesh, copy=True)]
-    lowered = training.train_step_staged.lower(holder[0], images, labels, np.int32(0), None)
+    model, state, images, labels = staged_training(name, ds, batch_size=batch_size, steps=steps)
+    lowered = training.train_step_staged.lower(state, images, labels, np.int32(0), None)
     kernels = {
         layer: tuple(p["kernel"].shape) for layer, p in state.params.items() if "kernel" in p
     }
-
-    def run() -> float:
-        started = time.perf_counter()
-        for i in range(steps):
-            holder[0], metrics = training.train_step_staged(
-                holder[0], images, labels, np.int32(i), None
-            )
-        jax.block_until_ready((holder[0], metrics))
-        return time.perf_counter() - started
-
+    run = timed_train_steps(state, images, labels)
     return run, lowered.compile().as_text(), type(model).__name__, kernels
 
 
@@ -185,7 +170,7 @@ def profile_xaijax(name: str, ds: data.Dataset, batch_size: int, steps: int, ver
     run()
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-        wall = run()
+        wall, _ = run()
         jax.profiler.stop_trace()
         (path,) = glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)
         with gzip.open(path) as f:
@@ -250,12 +235,9 @@ def profile_torch(torch: Any, name: str, ds: data.Dataset, batch_size: int, step
     """(ms per step by row, wall ms per step) of the eager PyTorch step, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    torch.manual_seed(0)
-    net = TORCH_MODELS[name](torch).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    indices = data.epoch_batch_indices(ds.num_examples, batch_size, seed=0, epoch=0)[:steps]
-    images = torch.from_numpy(np.ascontiguousarray(ds.images[indices].transpose(0, 1, 4, 2, 3)))
-    labels = torch.from_numpy(ds.labels[indices].astype(np.int64))
+    net, optimizer, images, labels = torch_training(
+        torch, name, ds, batch_size=batch_size, steps=steps
+    )
     module_rows = _torch_labels(net, torch)
     input_shapes: dict[int, tuple] = {}
 
@@ -363,19 +345,15 @@ def print_table(name: str, xla: dict, pytorch: dict, walls: tuple[float, float])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default="lenet5,vgg_small")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=0, help="profiled steps (0: per model)")
+    parser = bench_arguments(__doc__, steps_help="profiled steps (0: per model)")
     parser.add_argument("--cores", type=int, default=1, help="pin to this many cores (0: all)")
-    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--thunks", type=int, default=0, help="list the N slowest XLA thunks")
     parser.add_argument("--json", default=None, help="also write the tables to this file")
     args = parser.parse_args()
     if args.cores:
         pin_to_cores(args.cores)
     torch = _import_torch()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cpu_count())
     ds = data.load_dataset("fashion_mnist", "train", args.data_dir)
     print(
         f"jax {jax.__version__} (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), torch "
