@@ -138,7 +138,7 @@ def start_from(
 
 
 class Start(NamedTuple):
-    """What a stage's run begins with (:func:`start_stage`)."""
+    """What a stage's run begins with (:func:`start_stage`), and the seconds it took."""
 
     section: ml_collections.ConfigDict
     recipe: dict[str, Any]
@@ -146,6 +146,7 @@ class Start(NamedTuple):
     model: nn.Module
     variables: Variables
     splits: data.Splits
+    seconds: float
 
 
 def start_stage(
@@ -161,13 +162,54 @@ def start_stage(
     """Stage ``name``'s section (:func:`section`) and the fine-tuning options that are on
     (``recipe.recipe``), both validated before any work; ``workdir`` created; the starting
     point (:func:`start_from`); ``splits`` (default: loaded from the config)."""
+    started = time.perf_counter()
     found = section(config, name, defaults, validate)
     finetune_recipe = recipe.recipe(config)
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model, variables = start_from(config, found, workdir, model, variables)
     splits = splits if splits is not None else training.datasets_from_config(config)
-    return Start(found, finetune_recipe, workdir, model, variables, splits)
+    seconds = time.perf_counter() - started
+    return Start(found, finetune_recipe, workdir, model, variables, splits, seconds)
+
+
+StageBody = Callable[[ml_collections.ConfigDict, Start], dict[str, Any]]
+StageRun = Callable[..., dict[str, Any]]
+
+
+def stage_run(
+    name: str,
+    defaults: Callable[[], ml_collections.ConfigDict],
+    validate: Callable[[ml_collections.ConfigDict], None],
+) -> Callable[[StageBody], StageRun]:
+    """Decorator: ``body(config, start)`` as stage ``name``'s ``run(config, workdir, *,
+    model=None, variables=None, splits=None)``, ``start`` being :func:`start_stage` of section
+    ``name`` (the starting point: ``model`` / ``variables``, else
+    ``config.<name>.variables_dir``, else the baseline in ``config.<name>.trained_workdir``)."""
+
+    def decorate(body: StageBody) -> StageRun:
+        def run(
+            config: ml_collections.ConfigDict,
+            workdir: epath.PathLike,
+            *,
+            model: nn.Module | None = None,
+            variables: Variables | None = None,
+            splits: data.Splits | None = None,
+        ) -> dict[str, Any]:
+            start = start_stage(
+                config, name, defaults(), validate, workdir, model, variables, splits
+            )
+            return body(config, start)
+
+        run.__name__, run.__qualname__, run.__module__ = "run", "run", body.__module__
+        run.__doc__ = (
+            f"{body.__doc__}\n\n    The starting point (``model`` / ``variables``, else "
+            f"``config.{name}.variables_dir``, else the baseline in "
+            f"``config.{name}.trained_workdir``) and ``splits``: ``common.start_stage``."
+        )
+        return run
+
+    return decorate
 
 
 def start_digest(

@@ -38,7 +38,7 @@ import numpy as np
 from etils import epath
 
 from xaijax import checkpoint, data, provenance, pruning, report
-from xaijax.experiments import common, qat, recipe, sections, stage
+from xaijax.experiments import common, layers, qat, recipe, sections, stage
 from xaijax.experiments.joint_plans import (
     STRATEGIES,
     allocate,
@@ -46,11 +46,7 @@ from xaijax.experiments.joint_plans import (
     plan,
     scores,
 )
-from xaijax.quantization import (
-    SUPPORTED_BITS,
-    joint,
-    quantized_model,
-)
+from xaijax.quantization import SUPPORTED_BITS, joint
 
 BUDGET_UNITS = ("fraction", "bytes")
 STARTING_POINT_FIELDS = common.STARTING_POINT_FIELDS
@@ -135,25 +131,22 @@ def run_one(
 ) -> dict[str, Any]:
     """Evaluate, fine-tune (QAT with the mask kept) and evaluate one allocation in ``unit_dir``
     (claimed for ``unit`` by the caller; a finished one is read back)."""
-    qmodel = quantized_model(model, bits, backend=j.backend)
-    eval_batch = config.train.eval_batch_size
+    qmodel = layers.quantized(model, bits, backend=j.backend)
 
     def compute(timer: common.Timer) -> dict[str, Any]:
-        with timer.phase("evaluate_before"):
-            before = common.evaluate_test(qmodel, masked, splits, eval_batch)
-        with timer.phase("qat"):
-            tuned = qat.finetune(
-                config,
-                j,
-                qmodel,
-                splits,
-                masked,
-                workdir=unit_dir / "finetune",
-                unit=unit,
-                mask=mask,
-                teacher=(model, variables),
-            )
-            after = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+        before, tuned, after = qat.evaluate_and_finetune(
+            config,
+            j,
+            qmodel,
+            splits,
+            masked,
+            timer=timer,
+            before_phase="evaluate_before",
+            workdir=unit_dir / "finetune",
+            unit=unit,
+            mask=mask,
+            teacher=(model, variables),
+        )
         leaked = jax.tree.map(
             lambda p, m: float(np.max(np.abs(np.asarray(p) * (1 - np.asarray(m))), initial=0.0)),
             tuned["params"],
@@ -208,23 +201,11 @@ def write_outputs(workdir: epath.Path, results: dict[str, Any]) -> None:
         )
 
 
-def run(
-    config: ml_collections.ConfigDict,
-    workdir: epath.PathLike,
-    *,
-    model: nn.Module | None = None,
-    variables: Mapping[str, Any] | None = None,
-    splits: data.Splits | None = None,
-) -> dict[str, Any]:
-    """Every strategy at every budget; returns the results (also in ``results.json``).
-
-    The starting point (``model`` / ``variables``, else ``config.joint.variables_dir``, else
-    the baseline in ``config.joint.trained_workdir``) and ``splits``: ``common.start_stage``.
-    """
-    j, finetune_recipe, workdir, model, variables, splits = common.start_stage(
-        config, "joint", defaults(), validate, workdir, model, variables, splits
-    )
-    specs = model.layer_specs()
+@common.stage_run("joint", defaults, validate)
+def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any]:
+    """Every strategy at every budget; returns the results (also in ``results.json``)."""
+    j, finetune_recipe, workdir, model, variables, splits, _ = start
+    specs = layers.specs(model, splits.train.images.shape[1:])
     params = variables["params"]
     exclude = () if j.prune_classifier else pruning.default_exclude(specs)
     geometry = joint.layer_geometry(specs, params, exclude=exclude)

@@ -40,15 +40,7 @@ def scores(
         found["seconds"]["deeplift"] = time.perf_counter() - started
     if "joint_hessian" in j.strategies:
         started = time.perf_counter()
-        found["traces"] = qat.hessian_traces(
-            model,
-            variables,
-            train,
-            names,
-            num_examples=j.hessian_examples,
-            samples=j.hessian_samples,
-            seed=j.seed,
-        )
+        found["traces"] = qat.hessian_traces(j, model, variables, train, names)
         found["seconds"]["hessian"] = time.perf_counter() - started
     return found
 

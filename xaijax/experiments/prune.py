@@ -4,7 +4,8 @@ Settings are the ``config.prune`` section (:func:`defaults`). Scoring follows it
 sub-section ``config.prune.importance`` (``xaijax.experiments.scoring``: by default the first
 ``num_examples`` training examples); masks come from ``xaijax.pruning`` (``iterations`` rounds of
 prune + fine-tune); structured masks also give the physically narrower model
-(``xaijax.pruning.shrink``). ``workdir/results.json`` (atomic) holds accuracy before pruning,
+(``xaijax.experiments.layers.shrink``: ``pruning.shrink``, or ``pruning.shrink_any`` for a model
+without the ``widths`` hook). ``workdir/results.json`` (atomic) holds accuracy before pruning,
 after pruning and after fine-tuning, the fine-tuning options that are on (``finetune``:
 ``xaijax.experiments.recipe``; the distillation teacher is the dense model), unit and kernel
 sparsity per layer, parameters, FLOPs and storage (dense, masked, shrunk) and the wall time of
@@ -28,7 +29,7 @@ from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, models, provenance, pruning
-from xaijax.experiments import common, scoring, sections, stage
+from xaijax.experiments import common, layers, scoring, sections, stage
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -193,26 +194,14 @@ def exclude_from(prune: ml_collections.ConfigDict, specs: Sequence[models.LayerS
     return () if prune.prune_classifier else pruning.default_exclude(specs)
 
 
-def run(
-    config: ml_collections.ConfigDict,
-    workdir: epath.PathLike,
-    *,
-    model: nn.Module | None = None,
-    variables: Mapping[str, Any] | None = None,
-    splits: data.Splits | None = None,
-) -> dict[str, Any]:
-    """The whole pruning experiment; returns the results dict (also written to results.json).
-
-    The starting point (``model`` / ``variables``, else ``config.prune.variables_dir``, else
-    the baseline in ``config.prune.trained_workdir``) and ``splits``: ``common.start_stage``.
-    """
+@common.stage_run("prune", defaults, validate)
+def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any]:
+    """The whole pruning experiment; returns the results dict (also written to results.json)."""
     timer = common.Timer()
-    with timer.phase("load_or_train"):
-        prune, finetune_recipe, workdir, model, variables, splits = common.start_stage(
-            config, "prune", defaults(), validate, workdir, model, variables, splits
-        )
-    specs = model.layer_specs()
+    timer.seconds["load_or_train"] = start.seconds
+    prune, finetune_recipe, workdir, model, variables, splits, _ = start
     input_shape = splits.train.images.shape[1:]
+    specs = layers.specs(model, input_shape)
     eval_batch = config.train.eval_batch_size
 
     def accuracy(model: nn.Module, variables: Mapping[str, Any]) -> float:
@@ -260,8 +249,10 @@ def run(
             "accuracy"
         ]
 
-    dense_costs = models.layer_costs(model, variables, input_shape)
-    masked = pruning.masked_costs(model, result.variables, result.params_mask, input_shape)
+    dense_costs = layers.costs(model, variables, input_shape, specs)
+    masked = pruning.masked_costs(
+        model, result.variables, result.params_mask, input_shape, specs=specs
+    )
     results: dict[str, Any] = {
         "model": config.model.name,
         "dataset": config.data.name,
@@ -296,8 +287,10 @@ def run(
     }
     if result.unit_masks is not None:
         with timer.phase("shrink"):
-            narrow, narrow_variables = pruning.shrink(model, result.variables, result.unit_masks)
-            narrow_costs = models.layer_costs(narrow, narrow_variables, input_shape)
+            narrow, narrow_variables = layers.shrink(
+                model, result.variables, result.unit_masks, input_shape, specs
+            )
+            narrow_costs = layers.costs(narrow, narrow_variables, input_shape, specs)
             results["shrunk"] = {
                 "widths": {s.name: int(result.unit_masks[s.name].sum()) for s in specs},
                 "accuracy": common.evaluate_test(narrow, narrow_variables, splits, eval_batch)[
@@ -321,9 +314,8 @@ def load_result(model: nn.Module, workdir: epath.PathLike) -> tuple[nn.Module, d
     results = json.loads((workdir / "results.json").read_text())
     if "shrunk" not in results:
         return model, common.load_variables(workdir / "pruned_variables")
-    classifier = {spec.name for spec in model.layer_specs() if spec.is_classifier}
-    widths = {k: v for k, v in results["shrunk"]["widths"].items() if k not in classifier}
-    return model.clone(widths=widths), common.load_variables(workdir / "shrunk_variables")
+    shrunk = layers.shrunk_model(model, results["shrunk"]["widths"])
+    return shrunk, common.load_variables(workdir / "shrunk_variables")
 
 
 def stage_fingerprint(

@@ -22,7 +22,7 @@ from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, report, training
-from xaijax.experiments import common, scoring, sections
+from xaijax.experiments import common, layers, scoring, sections
 from xaijax.quantization import get_backend, hutchinson_traces
 
 Variables = Mapping[str, Any]
@@ -146,6 +146,42 @@ def finetune(
     )
 
 
+def evaluate_and_finetune(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    qmodel: nn.Module,
+    splits: data.Splits,
+    start: Variables,
+    *,
+    timer: common.Timer,
+    before_phase: str,
+    workdir: epath.Path,
+    unit: provenance.Fingerprint,
+    mask: Any,
+    teacher: tuple[nn.Module, Variables],
+) -> tuple[dict[str, Any], dict, dict[str, Any]]:
+    """``(before, tuned, after)``: the test metrics of ``qmodel`` on ``start`` (timed as
+    ``before_phase``), the variables :func:`finetune` leaves and their test metrics (both timed
+    as ``qat``)."""
+    eval_batch = config.train.eval_batch_size
+    with timer.phase(before_phase):
+        before = common.evaluate_test(qmodel, start, splits, eval_batch)
+    with timer.phase("qat"):
+        tuned = finetune(
+            config,
+            section,
+            qmodel,
+            splits,
+            start,
+            workdir=workdir,
+            unit=unit,
+            mask=mask,
+            teacher=teacher,
+        )
+        after = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+    return before, tuned, after
+
+
 def cached_result(
     unit_dir: epath.Path,
     unit: provenance.Fingerprint,
@@ -165,28 +201,30 @@ def cached_result(
 
 
 def hessian_traces(
+    section: ml_collections.ConfigDict,
     model: nn.Module,
     variables: Variables,
     train: data.Dataset,
     names: Sequence[str],
-    *,
-    num_examples: int,
-    samples: int,
-    seed: int,
 ) -> dict[str, Any]:
     """Hutchinson estimates of ``tr(H_l)`` of every layer ``l`` in ``names``, with ``H`` the
-    Hessian of the mean cross-entropy of the first ``num_examples`` training examples with
-    respect to the kernels, over ``samples`` Rademacher probes drawn from ``seed``."""
-    count = min(num_examples, train.num_examples)
+    Hessian of the mean cross-entropy of the first ``section.hessian_examples`` training
+    examples with respect to the kernels, over ``section.hessian_samples`` Rademacher probes
+    drawn from ``section.seed``."""
+    count = min(section.hessian_examples, train.num_examples)
     images, labels = jnp.asarray(train.images[:count]), jnp.asarray(train.labels[:count])
     others = {k: v for k, v in variables.items() if k != "params"}
 
     def loss_fn(params: Any) -> jax.Array:
-        logits = model.apply({"params": params, **others}, images, train=False)
+        logits = model.apply({"params": params, **others}, images, **layers.apply_kwargs(model))
         return jnp.mean(training.cross_entropy(logits, labels))
 
     return hutchinson_traces(
-        loss_fn, variables["params"], list(names), jax.random.key(seed), samples
+        loss_fn,
+        variables["params"],
+        list(names),
+        jax.random.key(section.seed),
+        section.hessian_samples,
     )
 
 

@@ -36,7 +36,7 @@ from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, provenance, report
-from xaijax.experiments import common, qat, recipe, stage
+from xaijax.experiments import common, layers, qat, recipe, stage
 from xaijax.quantization import (
     STRATEGIES,
     SUPPORTED_BITS,
@@ -52,7 +52,6 @@ from xaijax.quantization import (
     layer_importance,
     layer_sizes,
     model_size_bytes,
-    quantized_model,
     save_integer_model,
 )
 
@@ -106,15 +105,7 @@ def sensitivities(
     deeplift_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    traces = qat.hessian_traces(
-        model,
-        variables,
-        train_ds,
-        names,
-        num_examples=q.hessian_examples,
-        samples=q.hessian_samples,
-        seed=q.seed,
-    )
+    traces = qat.hessian_traces(q, model, variables, train_ds, names)
     hessian_seconds = time.perf_counter() - started
     return {
         "layer_importance": layer_importance(scores),
@@ -174,25 +165,23 @@ def run_one(
     """PTQ, QAT, export and the integer-model check for one allocation, in ``unit_dir`` (claimed
     for ``unit`` by the caller; a finished allocation is read back, not recomputed)."""
     key = allocation_key(bits, q.activation_bits)
-    qmodel = quantized_model(model, bits, activation_bits=q.activation_bits, backend=q.backend)
+    qmodel = layers.quantized(model, bits, activation_bits=q.activation_bits, backend=q.backend)
     eval_batch = config.train.eval_batch_size
 
     def compute(timer: common.Timer) -> dict[str, Any]:
-        with timer.phase("ptq"):
-            ptq = common.evaluate_test(qmodel, variables, splits, eval_batch)
-        with timer.phase("qat"):
-            tuned = qat.finetune(
-                config,
-                q,
-                qmodel,
-                splits,
-                variables,
-                workdir=unit_dir / "finetune",
-                unit=unit,
-                mask=common.zero_mask(variables["params"]),
-                teacher=(model, variables),
-            )
-            trained = common.evaluate_test(qmodel, tuned, splits, eval_batch)
+        ptq, tuned, trained = qat.evaluate_and_finetune(
+            config,
+            q,
+            qmodel,
+            splits,
+            variables,
+            timer=timer,
+            before_phase="ptq",
+            workdir=unit_dir / "finetune",
+            unit=unit,
+            mask=common.zero_mask(variables["params"]),
+            teacher=(model, variables),
+        )
         with timer.phase("export"):
             exported = export_integer_model(tuned, bits, pack=q.pack_export)
             disk_bytes = save_integer_model(unit_dir / "export", exported)
@@ -262,23 +251,11 @@ def write_outputs(workdir: epath.Path, results: dict[str, Any]) -> None:
         )
 
 
-def run(
-    config: ml_collections.ConfigDict,
-    workdir: epath.PathLike,
-    *,
-    model: nn.Module | None = None,
-    variables: Mapping[str, Any] | None = None,
-    splits: data.Splits | None = None,
-) -> dict[str, Any]:
-    """Every strategy at every budget; returns the results (also in ``results.json``).
-
-    The starting point (``model`` / ``variables``, else ``config.quantize.variables_dir``, else
-    the baseline in ``config.quantize.trained_workdir``) and ``splits``: ``common.start_stage``.
-    """
-    q, finetune_recipe, workdir, model, variables, splits = common.start_stage(
-        config, "quantize", defaults(), validate, workdir, model, variables, splits
-    )
-    names = [spec.name for spec in model.layer_specs()]
+@common.stage_run("quantize", defaults, validate)
+def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any]:
+    """Every strategy at every budget; returns the results (also in ``results.json``)."""
+    q, finetune_recipe, workdir, model, variables, splits, _ = start
+    names = [spec.name for spec in layers.specs(model, splits.train.images.shape[1:])]
     sizes = layer_sizes(variables["params"], names)
     float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)
     checkpoint.save_variables(workdir / "export" / "float32", variables)

@@ -38,11 +38,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 from ml_collections import config_dict
 
 from xaijax import checkpoint, data, importance, provenance, training, weight_sharing
@@ -217,22 +215,10 @@ def stage_fingerprint(
     return section(config, model, start_digest)
 
 
-def run(
-    config: ml_collections.ConfigDict,
-    workdir: epath.PathLike,
-    *,
-    model: nn.Module | None = None,
-    variables: Mapping[str, Any] | None = None,
-    splits: data.Splits | None = None,
-) -> dict[str, Any]:
-    """The whole sweep; returns the results dict (also written to ``results.json``).
-
-    The starting point (``model`` / ``variables``, else ``config.share.variables_dir``, else
-    the baseline in ``config.share.trained_workdir``) and ``splits``: ``common.start_stage``.
-    """
-    share, finetune_recipe, workdir, model, variables, splits = common.start_stage(
-        config, "share", defaults(), validate, workdir, model, variables, splits
-    )
+@common.stage_run("share", defaults, validate)
+def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any]:
+    """The whole sweep; returns the results dict (also written to ``results.json``)."""
+    share, finetune_recipe, workdir, model, variables, splits, _ = start
     mask = common.zero_mask(variables["params"])
     dense = training.evaluate(model, splits.test, config.train.eval_batch_size, variables=variables)
     fingerprints = row_fingerprints(config, share, model, variables)

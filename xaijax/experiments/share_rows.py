@@ -164,26 +164,33 @@ def write_outputs(workdir: epath.Path, results: Mapping[str, Any]) -> str:
         return lines
 
     title = f"{results['model']} on {results['dataset']}"
-    report.line_plot(
-        workdir / "accuracy_vs_bits.png",
-        series("accuracy_finetuned", "bits"),
-        xlabel="bits per weight",
-        ylabel="test accuracy after fine-tuning",
-        title=title,
+    after, before = "test accuracy after fine-tuning", "test accuracy before fine-tuning"
+    plots = (  # file, y column, x column, x label, y label, log x
+        ("accuracy_vs_bits.png", "accuracy_finetuned", "bits", "bits per weight", after, False),
+        (
+            "accuracy_before_finetune_vs_bits.png",
+            "accuracy_shared",
+            "bits",
+            "bits per weight",
+            before,
+            False,
+        ),
+        (
+            "accuracy_vs_ratio.png",
+            "accuracy_finetuned",
+            "compression_ratio",
+            "compression ratio vs float32",
+            after,
+            True,
+        ),
     )
-    report.line_plot(
-        workdir / "accuracy_before_finetune_vs_bits.png",
-        series("accuracy_shared", "bits"),
-        xlabel="bits per weight",
-        ylabel="test accuracy before fine-tuning",
-        title=title,
-    )
-    report.line_plot(
-        workdir / "accuracy_vs_ratio.png",
-        series("accuracy_finetuned", "compression_ratio"),
-        xlabel="compression ratio vs float32",
-        ylabel="test accuracy after fine-tuning",
-        title=title,
-        log_x=True,
-    )
+    for filename, key, x, xlabel, ylabel, log_x in plots:
+        report.line_plot(
+            workdir / filename,
+            series(key, x),
+            xlabel=xlabel,
+            ylabel=ylabel,
+            title=title,
+            log_x=log_x,
+        )
     return table

@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 
 from xaijax import importance, models, provenance, pruning, report, training
-from xaijax.experiments import common
+from xaijax.experiments import common, layers
 from xaijax.experiments.prune import (
     SWEPT_FIELDS,
     defaults,
@@ -204,15 +204,15 @@ def _sweep_rows(
     """Yield the row of each point of ``todo`` (point -> its fingerprint) as it finishes."""
     model, variables = common.start_from(config, prune, workdir, model, variables)
     splits = training.datasets_from_config(config)
-    specs = model.layer_specs()
     input_shape = splits.train.images.shape[1:]
+    specs = layers.specs(model, input_shape)
 
     def accuracy(current: Mapping[str, Any]) -> float:
         return common.evaluate_test(model, current, splits, config.train.eval_batch_size)[
             "accuracy"
         ]
 
-    dense_costs = pruning.total_costs(models.layer_costs(model, variables, input_shape))
+    dense_costs = pruning.total_costs(layers.costs(model, variables, input_shape, specs))
     dense = {
         "accuracy_dense": accuracy(variables),
         "params_dense": dense_costs["params"],
@@ -258,9 +258,12 @@ def _sweep_rows(
         )
         tuned = result.variables
         costs = pruning.total_costs(
-            pruning.masked_costs(model, tuned, result.params_mask, input_shape)
+            pruning.masked_costs(model, tuned, result.params_mask, input_shape, specs=specs)
         )
-        kernels = [np.asarray(tuned["params"][spec.name]["kernel"]) for spec in specs]
+        kernels = [
+            np.asarray(models.layer_variables(tuned["params"], spec.name)["kernel"])
+            for spec in specs
+        ]
         unit_kinds, weight_kinds = pruning.GRANULARITY_KINDS[granularity]
         kinds = [kind for kind, used in (("unit", unit_kinds), ("weight", weight_kinds)) if used]
         row = {

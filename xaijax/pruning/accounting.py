@@ -12,9 +12,16 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from xaijax.models import LayerSpec, layer_costs
+from xaijax.models import (
+    LayerSpec,
+    inference_kwargs,
+    layer_specs_of,
+    layer_variables,
+    traced_layer_costs,
+)
 from xaijax.pruning.apply import Variables
 
 
@@ -24,29 +31,41 @@ def unit_sparsity(masks: Mapping[str, Any]) -> dict[str, float]:
 
 
 def kernel_sparsity(specs: Sequence[LayerSpec], params: Mapping[str, Any]) -> dict[str, float]:
-    """Fraction of exactly-zero kernel entries per layer."""
+    """Fraction of exactly-zero kernel entries per layer (layers by module path)."""
     return {
-        spec.name: float(np.mean(np.asarray(params[spec.name]["kernel"]) == 0)) for spec in specs
+        spec.name: float(np.mean(np.asarray(layer_variables(params, spec.name)["kernel"]) == 0))
+        for spec in specs
     }
 
 
 def masked_costs(
-    model: nn.Module, variables: Variables, mask: Any, input_shape: tuple[int, ...]
+    model: nn.Module,
+    variables: Variables,
+    mask: Any,
+    input_shape: tuple[int, ...],
+    *,
+    specs: Sequence[LayerSpec] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Per-layer ``layer_costs`` counting only unmasked parameters.
+    """Per-layer ``traced_layer_costs`` counting only unmasked parameters.
 
     ``params`` counts the kernel, bias and BatchNorm entries the mask keeps; ``flops`` scales the
     dense cost by the kept fraction of the kernel (exact for structured masks, the sparse-kernel
-    cost for unstructured ones).
+    cost for unstructured ones). The layers are ``specs`` (default: ``layer_specs_of`` the model
+    on one example of shape ``input_shape``, applied in inference mode), found in the nested
+    ``mask`` by module path.
     """
-    costs = layer_costs(model, variables, input_shape)
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    kwargs = inference_kwargs(model)
+    specs = tuple(layer_specs_of(model, x, **kwargs) if specs is None else specs)
+    costs = traced_layer_costs(model, variables, specs, x, **kwargs)
     result = {}
-    for spec in model.layer_specs():
-        leaves = [mask[spec.name]] + ([mask[spec.bn]] if spec.bn is not None else [])
+    for spec in specs:
+        modules = [spec.name] + ([spec.bn] if spec.bn is not None else [])
+        leaves = [layer_variables(mask, module) for module in modules]
         kept = sum(
             int(np.sum(np.asarray(leaf) != 0)) for tree in leaves for leaf in jax.tree.leaves(tree)
         )
-        kernel = np.asarray(mask[spec.name]["kernel"])
+        kernel = np.asarray(layer_variables(mask, spec.name)["kernel"])
         flops = costs[spec.name]["flops"] * int(np.sum(kernel != 0)) // kernel.size
         result[spec.name] = {"params": kept, "flops": flops}
     return result

@@ -79,26 +79,36 @@ class PathChangedError(ValueError):
 class Narrowed(nn.Module):
     """The code of ``full`` (the unshrunk model) run on shrunk variables: each Conv / Dense of
     ``layers`` (module paths) runs at its kernel's width. Same variable names as ``full``; built
-    by :func:`shrink_any`. ``init`` creates the full model's variables; the narrow ones come from
-    :func:`shrink_any`. (The field is not called ``model``, so that wrappers sharing their scope
-    with a ``model`` field, such as ``quantize_any``'s, can hold a Narrowed.)"""
+    by :func:`shrink_any`. ``widths`` (one per layer, as :func:`shrink_any` sets them) are the
+    layers' output units when ``init`` creates variables, so ``init`` (and training, which checks
+    variables against it) gets the narrow shapes; without them ``init`` creates the full model's
+    variables. (The field is not called ``model``, so that wrappers sharing their scope with a
+    ``model`` field, such as ``quantize_any``'s, can hold a Narrowed.)"""
 
     full: nn.Module
     layers: tuple[str, ...]
+    widths: tuple[int, ...] = ()
 
     def setup(self) -> None:
         nn.share_scope(self, self.full)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         layers = frozenset(self.layers)
+        widths = dict(zip(self.layers, self.widths, strict=True)) if self.widths else {}
         input_widths: dict[str, int] = {}  # module path -> channels of its last input
 
         def intercept(next_fun, call_args, call_kwargs, context):
             module = context.module
             kind = layer_kind(module)
             name = scope_path(module)
-            if context.method_name != "__call__" or not name or module.is_initializing():
+            if context.method_name != "__call__" or not name:
                 return next_fun(*call_args, **call_kwargs)  # not name: _narrow_call's copy.
+            if module.is_initializing():
+                if kind is None or widths.get(name, module.features) == module.features:
+                    return next_fun(*call_args, **call_kwargs)
+                # The layer at its narrow width, creating its variables in its own scope.
+                narrow = module.clone(parent=module.scope, features=widths[name])
+                return narrow(*call_args, **call_kwargs)
             if kind is None:
                 if call_args and hasattr(call_args[0], "shape") and call_args[0].ndim:
                     input_widths[name] = int(call_args[0].shape[-1])
@@ -237,7 +247,9 @@ def shrink_any(
     checked = _checked_unit_masks(specs, variables["params"], unit_masks)
     narrow_variables = _slice_variables(specs, variables, checked)
     full = model.full if isinstance(model, Narrowed) else model  # Shrinking again: same code.
-    narrow = Narrowed(full, tuple(spec.name for spec in specs))
+    narrow_params = flat_by_path(narrow_variables["params"])
+    widths = tuple(int(narrow_params[f"{s.name}/kernel"].shape[-1]) for s in specs)
+    narrow = Narrowed(full, tuple(spec.name for spec in specs), widths)
     try:
         call_shapes(
             narrow, narrow_variables, example_input, frozenset(narrow.layers), **apply_kwargs

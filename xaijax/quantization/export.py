@@ -9,6 +9,8 @@ The exported tree (numpy arrays) is::
                            # pack=True instead:
                            "packed": uint8[ceil(n * bits / 8)], "shape": int32[ndim]}}}
 
+Layers are named by module path (``"Block_0/Conv_1"``): the key of their entry in
+``quantized``, and the place of their variables in the nested ``params``.
 ``pack=True`` stores each integer in ``bits`` bits (offset to ``q + 2^(b-1) - 1 >= 0``,
 little-endian bit order), so the file size follows the allocation. :func:`dequantize` rebuilds
 float variables with ``kernel = values * scales``; applied to the float model they reproduce the
@@ -26,7 +28,27 @@ import numpy as np
 
 from xaijax import paths
 from xaijax.checkpoint import load_variables, save_variables
+from xaijax.models.common import layer_variables
 from xaijax.quantization.numerics import check_bits, quant_bound, quantize_kernel
+
+
+def _find(params: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """The variables of layer ``name`` (a module path) in nested ``params``, or None."""
+    try:
+        return layer_variables(params, name)
+    except ValueError:
+        return None
+
+
+def _set_layer(tree: dict[str, Any], name: str, value: Any) -> None:
+    """Set layer ``name`` of ``tree`` to ``value`` in place, copying the modules on its path (so
+    the tree ``tree`` was copied from is not changed)."""
+    *parents, last = [name] if name in tree else name.split("/")
+    node = tree
+    for key in parents:
+        node[key] = dict(node.get(key, {}))
+        node = node[key]
+    node[last] = value
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -62,13 +84,13 @@ def export_integer_model(
     if "params" not in variables:
         raise ValueError("variables must contain 'params'")
     params = dict(variables["params"])
-    missing = sorted(name for name in bits_per_layer if name not in params)
+    missing = sorted(name for name in bits_per_layer if _find(params, name) is None)
     if missing:
         raise ValueError(f"bits_per_layer names layers {missing} absent from params")
-    quantized = {}
+    quantized: dict[str, Any] = {}
     for name, bits in bits_per_layer.items():
         bits = check_bits(bits, f"layer {name!r}")
-        layer = dict(params[name])
+        layer = dict(layer_variables(params, name))
         kernel = layer.pop("kernel")
         values, scales = jax.device_get(quantize_kernel(kernel, bits))
         entry = {"bits": np.int32(bits), "scales": np.asarray(scales, np.float32)}
@@ -78,7 +100,7 @@ def export_integer_model(
         else:
             entry["values"] = np.asarray(values, np.int8)
         quantized[name] = entry
-        params[name] = layer
+        _set_layer(params, name, layer)
     exported = {key: jax.device_get(value) for key, value in variables.items() if key != "params"}
     exported["params"] = jax.device_get(params)
     exported["quantized"] = quantized
@@ -97,10 +119,12 @@ def dequantize(exported: Mapping[str, Any]) -> dict[str, Any]:
     """Float variables with each quantized kernel rebuilt as ``values * scales`` per channel."""
     if "quantized" not in exported or "params" not in exported:
         raise ValueError("not an exported integer model: needs 'params' and 'quantized'")
-    params = {name: dict(layer) for name, layer in exported["params"].items()}
+    params = dict(exported["params"])
     for name, entry in exported["quantized"].items():
         scales = np.asarray(entry["scales"], np.float32)
-        params.setdefault(name, {})["kernel"] = integer_kernel(entry).astype(np.float32) * scales
+        layer = dict(_find(params, name) or {})
+        layer["kernel"] = integer_kernel(entry).astype(np.float32) * scales
+        _set_layer(params, name, layer)
     variables = {key: value for key, value in exported.items() if key != "quantized"}
     variables["params"] = params
     return variables
@@ -135,7 +159,7 @@ def model_size_bytes(
     total_params = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
     quantized_params = 0
     for name, bits in bits_per_layer.items():
-        shape = np.shape(params[name]["kernel"])
+        shape = np.shape(layer_variables(params, name)["kernel"])
         kernels += int(np.prod(shape)) * check_bits(bits, f"layer {name!r}") / 8
         scales += 4 * shape[-1]
         quantized_params += int(np.prod(shape))

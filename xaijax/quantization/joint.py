@@ -41,6 +41,7 @@ import numpy as np
 
 from xaijax import pruning
 from xaijax.models import LayerSpec
+from xaijax.models.costs import flat_by_path, module_leaves
 from xaijax.quantization.allocation import solve_multiple_choice_knapsack
 from xaijax.quantization.numerics import SUPPORTED_BITS, check_bits
 
@@ -79,12 +80,23 @@ class LayerGeometry(NamedTuple):
 JointTable = dict[str, dict[Choice, float]]
 
 
-def _unit_leaves(params: Mapping[str, Any], spec: LayerSpec) -> list[np.ndarray]:
-    """The layer's non-kernel parameters and its BatchNorm's parameters."""
-    leaves = [np.asarray(v) for k, v in params[spec.name].items() if k != "kernel"]
-    if spec.bn is not None and spec.bn in params:
-        leaves += [np.asarray(leaf) for leaf in jax.tree.leaves(params[spec.bn])]
+def _unit_leaves(flat: Mapping[str, Any], spec: LayerSpec) -> list[np.ndarray]:
+    """The layer's non-kernel parameters and its BatchNorm's parameters (``flat``: the params
+    flattened by module path, ``flat_by_path``)."""
+    leaves = [np.asarray(flat[k]) for k in module_leaves(flat, spec.name) if _leaf(k) != "kernel"]
+    if spec.bn is not None:
+        leaves += [np.asarray(flat[k]) for k in module_leaves(flat, spec.bn)]
     return leaves
+
+
+def _leaf(key: str) -> str:
+    """The leaf name of a ``flat_by_path`` key (``"Block_0/Conv_1/kernel"`` -> ``"kernel"``)."""
+    return key.rsplit("/", 1)[-1]
+
+
+def _module(key: str) -> str:
+    """The module path of a ``flat_by_path`` key (``"Block_0/Conv_1"``)."""
+    return key.rsplit("/", 1)[0]
 
 
 def layer_geometry(
@@ -104,12 +116,13 @@ def layer_geometry(
     if unknown:
         raise ValueError(f"exclude names unknown layers {unknown}; known layers: {names}")
     geometry = {}
+    flat = flat_by_path(params)
     for spec in specs:
-        if spec.name not in params or "kernel" not in params[spec.name]:
+        if f"{spec.name}/kernel" not in flat:
             raise ValueError(f"params has no kernel for layer {spec.name!r}")
-        shape = np.shape(params[spec.name]["kernel"])
+        shape = np.shape(flat[f"{spec.name}/kernel"])
         units = int(shape[-1])
-        extra = _unit_leaves(params, spec)
+        extra = _unit_leaves(flat, spec)
         if any(leaf.shape != (units,) for leaf in extra):
             raise ValueError(
                 f"layer {spec.name!r}: bias / BatchNorm parameters must have shape ({units},), "
@@ -175,9 +188,8 @@ def fixed_bits(specs: Sequence[LayerSpec], params: Mapping[str, Any]) -> int:
     owned = {spec.name for spec in specs} | {spec.bn for spec in specs if spec.bn is not None}
     return FLOAT_BITS * sum(
         int(np.size(leaf))
-        for name, tree in params.items()
-        if name not in owned
-        for leaf in jax.tree.leaves(tree)
+        for key, leaf in flat_by_path(params).items()
+        if _module(key) not in owned
     )
 
 
@@ -343,22 +355,22 @@ def size_bits(
     entries are those no mask removes. ``bits_per_layer`` covers the quantized layers; any other
     kernel counts at 32 bits without scales.
     """
-    structural = pruning.params_mask(specs, params, unit_masks)
-    full = pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks)
+    structural = flat_by_path(pruning.params_mask(specs, params, unit_masks))
+    full = flat_by_path(pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks))
     layers = {spec.name for spec in specs}
     parts = {"kernels": 0, "index": 0, "scales": 0, "floats": 0}
-    for name, tree in structural.items():
-        for key, leaf in tree.items():
-            stored = int(np.count_nonzero(np.asarray(leaf)))
-            if not (key == "kernel" and name in layers):
-                parts["floats"] += FLOAT_BITS * stored
-                continue
-            kept = int(np.count_nonzero(np.asarray(full[name]["kernel"])))
-            if name not in bits_per_layer:
-                parts["kernels"] += FLOAT_BITS * kept
-                continue
-            parts["kernels"] += check_bits(bits_per_layer[name], f"layer {name!r}") * kept
-            parts["index"] += stored if kept < stored else 0
-            unit_mask = (unit_masks or {}).get(name, np.ones(np.shape(leaf)[-1], bool))
-            parts["scales"] += FLOAT_BITS * int(np.count_nonzero(np.asarray(unit_mask)))
+    for key, leaf in structural.items():
+        name = _module(key)
+        stored = int(np.count_nonzero(np.asarray(leaf)))
+        if not (_leaf(key) == "kernel" and name in layers):
+            parts["floats"] += FLOAT_BITS * stored
+            continue
+        kept = int(np.count_nonzero(np.asarray(full[key])))
+        if name not in bits_per_layer:
+            parts["kernels"] += FLOAT_BITS * kept
+            continue
+        parts["kernels"] += check_bits(bits_per_layer[name], f"layer {name!r}") * kept
+        parts["index"] += stored if kept < stored else 0
+        unit_mask = (unit_masks or {}).get(name, np.ones(np.shape(leaf)[-1], bool))
+        parts["scales"] += FLOAT_BITS * int(np.count_nonzero(np.asarray(unit_mask)))
     return {**parts, "total": sum(parts.values())}

@@ -62,7 +62,11 @@ from xaijax.quantization.joint import (
     removed_count,
 )
 from xaijax.quantization.numerics import SUPPORTED_BITS
-from xaijax.quantization.sensitivity import deeplift_sensitivity, hessian_sensitivity
+from xaijax.quantization.sensitivity import (
+    deeplift_sensitivity,
+    hessian_sensitivity,
+    layer_kernel,
+)
 
 
 def removal_order(scores: Any) -> np.ndarray:
@@ -94,7 +98,7 @@ def _table(
     table: JointTable = {}
     for name, g in geometry.items():
         choices = layer_choices(g, levels, bit_choices)
-        kernel = np.asarray(params[name]["kernel"])
+        kernel = np.asarray(layer_kernel(params, name))
         scores = None if g.granularity is None else np.asarray(removal_scores[name], np.float64)
         order = None if scores is None else removal_order(scores)
         widths = sorted({c.bits for c in choices})
@@ -124,7 +128,9 @@ def magnitude_scores(
     params: Mapping[str, Any], geometry: Mapping[str, LayerGeometry]
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     """Magnitude masks' scores: L1 norm per filter and ``|w|`` per weight."""
-    weights = {name: {"kernel": np.abs(np.asarray(params[name]["kernel"]))} for name in geometry}
+    weights = {
+        name: {"kernel": np.abs(np.asarray(layer_kernel(params, name)))} for name in geometry
+    }
     return filter_scores(weights), weights
 
 
@@ -139,7 +145,7 @@ def deeplift_damage(
     for name in geometry:
         if name not in weight_scores:
             raise ValueError(f"weight_scores miss layer {name!r}")
-        shape = np.shape(params[name]["kernel"])
+        shape = np.shape(layer_kernel(params, name))
         if np.shape(weight_scores[name]["kernel"]) != shape:
             raise ValueError(
                 f"weight_scores[{name!r}] has shape {np.shape(weight_scores[name]['kernel'])}, "
@@ -169,7 +175,7 @@ def hessian_scores(
     for name, g in geometry.items():
         if name not in traces:
             raise ValueError(f"traces miss layer {name!r}")
-        kernel = np.asarray(params[name]["kernel"], np.float64)
+        kernel = np.asarray(layer_kernel(params, name), np.float64)
         saliency = 0.5 * max(float(traces[name]), 0.0) / g.weights * kernel**2
         weights[name] = {"kernel": saliency}
     return filter_scores(weights), weights

@@ -25,15 +25,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from xaijax.models.common import layer_variables
 from xaijax.quantization.numerics import SUPPORTED_BITS, check_bits, fake_quantize
 
 SensitivityTable = dict[str, dict[int, float]]
 
 
-def _kernel(params: Mapping[str, Any], name: str) -> jax.Array:
-    if name not in params or "kernel" not in params[name]:
+def layer_kernel(params: Mapping[str, Any], name: str) -> Any:
+    """The kernel of layer ``name`` (a module path, ``"Block_0/Conv_1"``) in nested ``params``,
+    as stored; ``ValueError`` naming the layer when it has none."""
+    try:
+        layer = layer_variables(params, name)
+    except ValueError:
+        layer = {}
+    if "kernel" not in layer:
         raise ValueError(f"params has no kernel for layer {name!r}")
-    return jnp.asarray(params[name]["kernel"])
+    return layer["kernel"]
+
+
+def _kernel(params: Mapping[str, Any], name: str) -> jax.Array:
+    return jnp.asarray(layer_kernel(params, name))
 
 
 def layer_sizes(params: Mapping[str, Any], names: Sequence[str]) -> dict[str, int]:
@@ -84,8 +95,9 @@ def hutchinson_traces(
 ) -> dict[str, float]:
     """Hutchinson estimates ``Tr(H_l) ~= mean_k v_l^T (H v)_l`` of each kernel's Hessian block.
 
-    ``v`` is Rademacher on every named kernel and zero elsewhere; ``E[v_l^T (H v)_l] = Tr(H_ll)``
-    since the cross terms have zero mean. ``H v`` is a forward-over-reverse product of ``loss_fn``.
+    ``v`` is Rademacher on every named kernel (layers by module path in nested ``params``) and
+    zero elsewhere; ``E[v_l^T (H v)_l] = Tr(H_ll)`` since the cross terms have zero mean.
+    ``H v`` is a forward-over-reverse product of ``loss_fn``.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -97,14 +109,14 @@ def hutchinson_traces(
         keys = dict(zip(names, jax.random.split(key, len(names)), strict=True))
 
         def direction(path, leaf):
-            layer, leaf_name = path[0].key, path[-1].key
-            if layer in keys and leaf_name == "kernel":
+            layer = "/".join(str(entry.key) for entry in path[:-1])  # its module path
+            if layer in keys and path[-1].key == "kernel":
                 return jax.random.rademacher(keys[layer], leaf.shape, leaf.dtype)
             return jnp.zeros_like(leaf)
 
         v = jax.tree_util.tree_map_with_path(direction, params)
         _, hv = jax.jvp(grad_fn, (params,), (v,))
-        return {name: jnp.vdot(v[name]["kernel"], hv[name]["kernel"]) for name in names}
+        return {name: jnp.vdot(_kernel(v, name), _kernel(hv, name)) for name in names}
 
     # params travel as arguments: closed over, XLA would constant-fold the whole forward pass.
     probes = jax.jit(lambda p, keys: jax.lax.map(lambda k: probe(p, k), keys))
