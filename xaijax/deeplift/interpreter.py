@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from xaijax.deeplift.calls import linear_calls, run_call
 from xaijax.deeplift.program import (
     _BILINEAR,
     _FLIPPED_OPERAND,
@@ -245,10 +246,13 @@ def _run_input_side(
 
     ``probe_parts`` maps input positions to explicit (positive, negative) parts (RevealCancel only):
     a zero perturbation given parts this way exposes the part multipliers of the value it is
-    added to.
+    added to. The Rescale rule binds linear custom-derivative calls whole
+    (``xaijax.deeplift.calls``); RevealCancel interprets their bodies.
     """
     program = plan.program
     reveal = rule == "reveal_cancel"
+    whole_calls = {} if reveal else linear_calls(program, plan.kinds, plan.varying)
+    resume = 0  # equations before this index were evaluated by a call bound whole
     env: dict[int, Any] = dict(program.consts)
     env.update(zip(program.inputs, leaves, strict=True))
     parts: dict[int, tuple[Any, Any]] = {program.inputs[i]: pn for i, pn in probe_parts.items()}
@@ -261,6 +265,11 @@ def _run_input_side(
         return parts[slot]
 
     for index, (eqn, kind) in enumerate(zip(program.eqns, plan.kinds, strict=True)):
+        if index < resume:
+            continue
+        if index in whole_calls:
+            resume = run_call(whole_calls[index], env)
+            continue
         if kind == "member":
             _run_member(eqn, plan.roots[index], env, ref_env, inner, parts_of, reveal, plan)
             continue

@@ -2,6 +2,9 @@
 
 The tracing (:func:`_trace`) and the analysis (:func:`_plan`) are shared with ``xaijax.lrp``, which
 interprets the same plan with the LRP rules (``method`` names the method in error messages).
+Every call is inlined; the program also records where the body of each ``custom_jvp`` /
+``custom_vjp`` call landed (:class:`_Call`), so an interpreter can bind a linear one whole and use
+its derivative rule (``xaijax.deeplift.calls``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ _CALL_PRIMITIVES = frozenset(
         "remat",
     }
 )
+# Calls with a custom derivative rule: inlined like the others, and recorded as a `_Call`.
+_CUSTOM_CALLS = frozenset({"custom_jvp_call", "custom_vjp_call"})
 # Elementwise primitives that are always linear (affine) in their operands.
 _LINEAR_ELEMENTWISE = frozenset(
     {"add", "add_any", "sub", "neg", "copy", "copy_p", "stop_gradient", "reduce_precision"}
@@ -97,6 +102,20 @@ class _Eqn:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Call:
+    """A ``custom_jvp_call`` / ``custom_vjp_call`` whose body was inlined as ``eqns[start:stop]``:
+    binding ``primitive`` with ``params`` on ``inputs`` gives ``outputs`` (the body's value) and
+    applies the call's own derivative rule under differentiation."""
+
+    primitive: Any
+    params: dict[str, Any]
+    inputs: tuple[Any, ...]  # slot (int) or jcore.Literal, the call's operands in order
+    outputs: tuple[Any, ...]  # what the body's results were bound to
+    start: int
+    stop: int
+
+
+@dataclasses.dataclass(frozen=True)
 class _Program:
     eqns: tuple[_Eqn, ...]
     consts: tuple[tuple[int, Any], ...]
@@ -104,6 +123,7 @@ class _Program:
     outputs: tuple[Any, ...]
     avals: tuple[jax.ShapeDtypeStruct, ...]
     out_tree: Any
+    calls: tuple[_Call, ...] = ()  # custom-derivative calls, inner ones before outer ones
 
 
 def _callee(eqn: Any) -> tuple[Any, Sequence[Any]] | None:
@@ -134,6 +154,7 @@ def _trace(fn: Callable[..., Any], in_tree: Any, in_specs: Sequence[Any]) -> _Pr
     avals: list[jax.ShapeDtypeStruct] = []
     consts: list[tuple[int, Any]] = []
     eqns: list[_Eqn] = []
+    calls: list[_Call] = []
 
     def new_slot(shape: Sequence[int], dtype: Any) -> int:
         avals.append(jax.ShapeDtypeStruct(tuple(shape), dtype))
@@ -159,7 +180,11 @@ def _trace(fn: Callable[..., Any], in_tree: Any, in_specs: Sequence[Any]) -> _Pr
                 eqns.append(_Eqn(eqn.primitive, dict(eqn.params), ins, outs))
             else:
                 body, body_consts = callee
+                start = len(eqns)
                 outs = inline(body, [const_slot(c) for c in body_consts], ins)
+                if eqn.primitive.name in _CUSTOM_CALLS:
+                    params = dict(eqn.params)
+                    calls.append(_Call(eqn.primitive, params, ins, outs, start, len(eqns)))
             for var, atom in zip(eqn.outvars, outs, strict=True):
                 if not isinstance(var, jcore.DropVar):
                     env[var] = atom
@@ -168,7 +193,9 @@ def _trace(fn: Callable[..., Any], in_tree: Any, in_specs: Sequence[Any]) -> _Pr
     top_consts = [const_slot(c) for c in closed.consts]
     inputs = tuple(new_slot(s.shape, s.dtype) for s in in_specs)
     outputs = inline(closed.jaxpr, top_consts, inputs)
-    return _Program(tuple(eqns), tuple(consts), inputs, outputs, tuple(avals), out_tree)
+    return _Program(
+        tuple(eqns), tuple(consts), inputs, outputs, tuple(avals), out_tree, tuple(calls)
+    )
 
 
 def _signature(atoms: Sequence[Any]) -> tuple:
@@ -194,6 +221,11 @@ def _same_structure(a: _Program, b: _Program) -> bool:
 def _bind(eqn: _Eqn, args: Sequence[Any]) -> tuple[Any, ...]:
     out = eqn.primitive.bind(*args, **eqn.params)
     return tuple(out) if eqn.primitive.multiple_results else (out,)
+
+
+def _bind_call(call: _Call, args: Sequence[Any]) -> tuple[Any, ...]:
+    """The call's results on ``args``, under its own derivative rule."""
+    return tuple(call.primitive.bind(*args, **call.primitive.get_bind_params(call.params)))
 
 
 def _read(env: Mapping[int, Any], atom: Any) -> Any:
@@ -244,11 +276,20 @@ def _nonlinearity_reason(
     return f"{method} has no rule for it"
 
 
-def _unsupported(eqn: _Eqn, reason: str, method: str = "DeepLIFT") -> UnsupportedOperationError:
+def _unsupported(
+    eqn: _Eqn, reason: str, method: str = "DeepLIFT", within: _Call | None = None
+) -> UnsupportedOperationError:
+    where = "" if within is None else f" (in the body of a `{within.primitive.name}`)"
     return UnsupportedOperationError(
-        f"{method} cannot propagate through primitive `{eqn.primitive.name}` applied to "
+        f"{method} cannot propagate through primitive `{eqn.primitive.name}`{where} applied to "
         f"input-dependent values: {reason}."
     )
+
+
+def _innermost_call(program: _Program, index: int) -> _Call | None:
+    """The innermost custom-derivative call whose body holds equation ``index``, if any."""
+    holding = [c for c in program.calls if c.start <= index < c.stop]
+    return min(holding, key=lambda c: c.stop - c.start, default=None)
 
 
 def _plan(
@@ -289,13 +330,18 @@ def _plan(
                 continue
         if name in _POOLS:
             if not _is_float(avals[eqn.inputs[0]].dtype):
-                raise _unsupported(eqn, "max pooling needs a floating operand", method)
+                raise _unsupported(
+                    eqn,
+                    "max pooling needs a floating operand",
+                    method,
+                    _innermost_call(program, index),
+                )
             kinds.append(name)
             continue
         if reason:
             if name in _ELEMENTWISE and len(positions) > 1:
                 reason += " and its input-dependent operands come from different values"
-            raise _unsupported(eqn, reason, method)
+            raise _unsupported(eqn, reason, method, _innermost_call(program, index))
         kinds.append("linear")
 
     # Groups made only of linear ops (a bias add, a scale) are evaluated like any linear op.

@@ -5,11 +5,12 @@ The program is traced and analysed by ``xaijax.deeplift.program`` (calls inlined
 elementwise sub-computation grouped as one nonlinearity, unsupported primitives rejected by
 name). On top of that plan:
 
-* A *layer* is a ``dot_general`` (kind ``"dense"``) or ``conv_general_dilated`` (kind ``"conv"``)
-  with exactly one input-dependent operand, together with the bias addition that follows it when
-  that addition (``add`` of an input-independent operand of the same result shape) is the only
-  consumer of its result. The bias addition is a barrier of the plan, so an activation after it is
-  rooted at the biased value ``z``. The layer's result is replaced by
+* A *layer* is a ``dot_general`` (kind ``"dense"``, or ``"conv"`` when its kernel is a reshaped
+  convolution kernel: a convolution written as a matmul) or ``conv_general_dilated`` (kind
+  ``"conv"``) with exactly one input-dependent operand, together with the bias addition that
+  follows it when that addition (``add`` of an input-independent operand of the same result
+  shape) is the only consumer of its result. The bias addition is a barrier of the plan, so an
+  activation after it is rooted at the biased value ``z``. The layer's result is replaced by
   :func:`xaijax.lrp.rules.surrogate`: the same value, the rule's backward.
 * An elementwise nonlinearity ``y = f(x)`` passes relevance unchanged, ``R_x = R_y``: its
   multiplier is ``f(x) / x`` (0 where ``x = 0``, where ``f(0) * m_y`` is absorbed; nothing for
@@ -19,6 +20,9 @@ name). On top of that plan:
 * Every other linear operation (reshape, flatten, sums, average pooling, residual additions,
   inference BatchNorm) passes multipliers like a gradient, which is LRP-0: proportional
   redistribution, an additive constant absorbing its share ``c * m``.
+* A ``custom_jvp`` / ``custom_vjp`` call that is linear and holds no layer is bound whole, so its
+  own derivative rule passes the multipliers; a call whose body is one layer equation on its
+  operands is that layer, and the rule's terms bind the call (``xaijax.deeplift.calls``).
 
 Relevance of any value is ``R = value * m`` with ``m`` its multiplier (the cotangent of the
 output relevance, a one-hot selecting the explained output, pulled back).
@@ -35,8 +39,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from xaijax.deeplift.calls import call_operands, layer_call, linear_calls, run_call
 from xaijax.deeplift.interpreter import _with_multipliers
-from xaijax.deeplift.program import _bind, _Eqn, _is_float, _Plan, _plan, _Program, _read, _trace
+from xaijax.deeplift.program import (
+    _bind,
+    _bind_call,
+    _Call,
+    _Eqn,
+    _is_float,
+    _Plan,
+    _plan,
+    _Program,
+    _read,
+    _trace,
+)
 from xaijax.lrp.rules import Rule, surrogate
 
 Array = jax.Array
@@ -55,6 +71,8 @@ class _Layer(NamedTuple):
 class _LrpPlan(NamedTuple):
     plan: _Plan
     layers: Mapping[int, _Layer]  # keyed by the equation that completes the layer
+    whole_calls: Mapping[int, _Call]  # linear calls without a layer, keyed by their first eqn
+    layer_calls: Mapping[int, _Call]  # layer eqn -> the call whose body it is
 
 
 def _varying_and_consumers(program: _Program) -> tuple[set[int], dict[int, list[int]]]:
@@ -87,8 +105,20 @@ def _bias_of(program: _Program, out: int, users: Sequence[int], varying: set[int
     return users[0], others[0]
 
 
+def _is_unfolded_conv_kernel(program: _Program, producers: Mapping[int, _Eqn], kernel: Any) -> bool:
+    """Whether a ``dot_general``'s kernel is a reshape of an array of rank 3 or more: a
+    convolution written as a matmul of stacked windows (``xaijax.models.ops``' one-channel
+    convolution reshapes its HWIO kernel to ``[kh * kw, O]``), which is a ``"conv"`` layer."""
+    producer = producers.get(kernel) if isinstance(kernel, int) else None
+    if producer is None or producer.primitive.name != "reshape":
+        return False
+    source = producer.inputs[0]
+    return isinstance(source, int) and len(program.avals[source].shape) >= 3
+
+
 def _find_layers(program: _Program) -> dict[int, _Layer]:
     varying, consumers = _varying_and_consumers(program)
+    producers = {slot: eqn for eqn in program.eqns for slot in eqn.outputs}
     layers: dict[int, _Layer] = {}
     for index, eqn in enumerate(program.eqns):
         kind = _LAYER_PRIMITIVES.get(eqn.primitive.name)
@@ -98,16 +128,29 @@ def _find_layers(program: _Program) -> dict[int, _Layer]:
         (out,) = eqn.outputs
         if len(positions) != 1 or not _is_float(program.avals[out].dtype):
             continue  # input-independent, or bilinear (the plan rejects it)
+        if kind == "dense" and _is_unfolded_conv_kernel(
+            program, producers, eqn.inputs[1 - positions[0]]
+        ):
+            kind = "conv"
         bias = _bias_of(program, out, consumers.get(out, []), varying)
         layers[index if bias is None else bias[0]] = _Layer(kind, index, positions[0], bias)
     return layers
 
 
 def lrp_plan(program: _Program) -> _LrpPlan:
-    """The shared plan with the layers' bias additions as barriers, and the layers."""
+    """The shared plan with the layers' bias additions as barriers, the layers, and the
+    custom-derivative calls bound whole or standing for a layer."""
     layers = _find_layers(program)
     barriers = frozenset(layer.bias[0] for layer in layers.values() if layer.bias is not None)
-    return _LrpPlan(_plan(program, METHOD, barriers), layers)
+    plan = _plan(program, METHOD, barriers)
+    layer_eqns = {layer.eqn for layer in layers.values()}
+    whole_calls = linear_calls(program, plan.kinds, plan.varying, layer_eqns | barriers)
+    layer_calls = {}
+    for layer in layers.values():
+        call = layer_call(program, layer.eqn, (layer.position, 1 - layer.position))
+        if call is not None:
+            layer_calls[layer.eqn] = call
+    return _LrpPlan(plan, layers, whole_calls, layer_calls)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,12 +162,18 @@ def _safe_ratio(numerator: Array, denominator: Array) -> Array:
     return jnp.where(zero, jnp.zeros_like(numerator), numerator / jnp.where(zero, 1.0, denominator))
 
 
-def _apply_rule(program: _Program, layer: _Layer, rule: Rule, env: Mapping, z: Array) -> Array:
+def _apply_rule(lplan: _LrpPlan, layer: _Layer, rule: Rule, env: Mapping, z: Array) -> Array:
+    program = lplan.plan.program
     eqn = program.eqns[layer.eqn]
     values = [_read(env, a) for a in eqn.inputs]
     kernel_position = 1 - layer.position
+    call = lplan.layer_calls.get(layer.eqn)
 
     def linear(x: Array, w: Array) -> Array:
+        if call is not None:  # the layer's own derivative rule
+            replace = {layer.position: x, kernel_position: w}
+            (out,) = _bind_call(call, call_operands(call, eqn.inputs, env, replace))
+            return out
         args = list(values)
         args[layer.position], args[kernel_position] = x, w
         (out,) = _bind(eqn, args)
@@ -162,14 +211,20 @@ def _run(lplan: _LrpPlan, rules: Mapping[str, Rule], leaves: Sequence[Any]) -> l
     env: dict[int, Any] = dict(program.consts)
     env.update(zip(program.inputs, leaves, strict=True))
     inner: dict[int, Any] = {}
+    resume = 0  # equations before this index were evaluated by a call bound whole
     for index, (eqn, kind) in enumerate(zip(program.eqns, plan.kinds, strict=True)):
+        if index < resume:
+            continue
+        if index in lplan.whole_calls:
+            resume = run_call(lplan.whole_calls[index], env)
+            continue
         if kind == "member":
             _run_member(eqn, plan.roots[index], env, inner, plan.group_outputs)
             continue
         outs = _bind(eqn, [_read(env, a) for a in eqn.inputs])
         layer = lplan.layers.get(index)
         if layer is not None:
-            outs = (_apply_rule(program, layer, rules[layer.kind], env, outs[0]),)
+            outs = (_apply_rule(lplan, layer, rules[layer.kind], env, outs[0]),)
         env.update(zip(eqn.outputs, outs, strict=True))
     return [_read(env, a) for a in program.outputs]
 
