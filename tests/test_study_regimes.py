@@ -223,3 +223,41 @@ def test_a_recipe_regime_is_paired_with_the_same_method_under_the_study_recipe()
     for r in oneshot:
         r["setting"] = {"param_budget": 0.1, "iterations": 1}
     assert regimes.against_study_recipe(regimes.regime_rows(study, oneshot)) == []
+
+
+def test_joint_is_paired_with_the_sequential_pipeline_at_the_nearest_size():
+    from xaijax.study import sequential
+
+    quantize = [
+        row(
+            s,
+            "deeplift_sensitivity",
+            acc,
+            stage="quantize",
+            setting={"budget": bits},
+            size_bytes=size,
+        )
+        for s in SEEDS
+        for bits, size, acc in ((3.0, 14_800, 0.86 + 0.002 * s), (4.0, 19_000, 0.87 + 0.001 * s))
+    ]
+    joint_acc = [0.885, 0.889, 0.884, 0.891]
+    joint = [
+        row(
+            s,
+            "joint_deeplift",
+            joint_acc[s],
+            stage="joint",
+            setting={"budget": 19_100.0},
+            recipe={"finetune_epochs": 1},
+            size_bytes=19_050,
+        )
+        for s in SEEDS
+    ]
+    (entry,) = sequential.comparisons(quantize + joint)
+    assert entry["sequential_budget"] == 4.0  # 19,000 B is within 5% of 19,100; 14,800 is not
+    d = np.subtract(joint_acc, [0.87 + 0.001 * s for s in SEEDS])
+    low, high = scipy.stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=scipy.stats.sem(d))
+    assert (entry["mean"], entry["low"], entry["high"]) == pytest.approx((d.mean(), low, high))
+    far = [dict(r, setting={"budget": 40_000.0}) for r in joint]
+    assert sequential.comparisons(quantize + far) == []
+    assert "4 bits, 19,000 B" in sequential.table(quantize + joint)
