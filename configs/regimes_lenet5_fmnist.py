@@ -14,7 +14,8 @@ the fraction of the dense model's parameters kept):
   study's DeepLIFT, Taylor and magnitude rows.
 
 Weight sharing (study recipe, 2 and 4 bits), ``fine-tuned`` regime: ECQ assignment with DeepLIFT
-and with LRP relevances (``share.assignments = ("ecq",)``), paired with the study's plain k-means
+and with LRP relevances (``share.assignments = ("ecq",)``; LRP with its composite rule and with
+the epsilon rule everywhere, ``ecq+lrp[epsilon]``), paired with the study's plain k-means
 (``uniform``), magnitude- and DeepLIFT-weighted k-means.
 """
 
@@ -56,6 +57,19 @@ def get_config() -> ml_collections.ConfigDict:
             "overrides": {"share": {"assignments": ("ecq",), "importances": (relevance,)}},
             "regime": regimes_study.STUDY_REGIME,
         }
+    # The composite rule (alpha1-beta0 on convolutions) gives a negative contribution no
+    # relevance, so ECQ zeroes every negative conv weight; the epsilon rule does not.
+    variants["ecq+lrp+epsilon"] = {
+        "stage": "share",
+        "overrides": {
+            "share": {
+                "assignments": ("ecq",),
+                "importances": ("lrp",),
+                "importance": {"rule": "epsilon"},
+            }
+        },
+        "regime": regimes_study.STUDY_REGIME,
+    }
     ordered = ml_collections.ConfigDict(variants, sort_keys=False)  # Run in the order written.
     config.ablation = ml_collections.ConfigDict({"variants": ordered})
     return config

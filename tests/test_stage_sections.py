@@ -85,3 +85,14 @@ def test_check_helpers_name_the_field():
     with pytest.raises(ValueError, match=r"config\.x\.c must be None or one of \('a',\)"):
         sections.check_choice({"c": "b"}, "x", "c", ("a",), optional=True)
     sections.check_choice({"c": None}, "x", "c", ("a",), optional=True)
+
+
+def test_the_rule_field_reaches_the_scorer_only_when_set_and_is_checked():
+    section = scoring.defaults()
+    assert "rule" not in scoring.score_arguments(section, None, seed=0)
+    section.rule = "epsilon"
+    assert scoring.score_arguments(section, None, seed=0)["rule"] == "epsilon"
+    scoring.validate(section, "share.importance")
+    section.rule = "epsilonn"
+    with pytest.raises(ValueError, match=r"config\.share\.importance\.rule must be None or one of"):
+        scoring.validate(section, "share.importance")

@@ -261,3 +261,10 @@ def test_joint_is_paired_with_the_sequential_pipeline_at_the_nearest_size():
     far = [dict(r, setting={"budget": 40_000.0}) for r in joint]
     assert sequential.comparisons(quantize + far) == []
     assert "4 bits, 19,000 B" in sequential.table(quantize + joint)
+
+
+def test_a_rule_override_labels_the_variant_but_not_the_rows_it_reads():
+    spec = {"assignments": ("ecq",), "importances": ("lrp",), "importance": {"rule": "epsilon"}}
+    variant = ablation.Variant("ecq+lrp+epsilon", "share", {"share": spec}, "fine-tuned")
+    assert (variant.method, variant.label) == ("ecq+lrp", "ecq+lrp[epsilon]")
+    assert regimes.is_explanation(variant.label)

@@ -10,7 +10,11 @@ Fields (:func:`defaults`; every stage has the same ones, a stage only changes de
 * ``num_examples``: score on the first ``min(num_examples, N)`` training examples;
 * ``examples_per_class``: scarce data: score instead on this many examples of every class,
   drawn by the stage's ``seed`` (``data.balanced_subset``); None (the default): off;
-* ``batch_size``: examples per jit-compiled scoring batch.
+* ``batch_size``: examples per jit-compiled scoring batch;
+* ``rule``: the explanation rule, None (the default) for the criterion's own (DeepLIFT's
+  ``rescale``; LRP's ``composite``: alpha1-beta0 for convolutions, epsilon for dense layers), a
+  DeepLIFT rule of ``xaijax.deeplift.RULES`` or, for ``lrp``, a preset of ``xaijax.lrp.PRESETS``
+  (e.g. ``epsilon``).
 
 The stage's own ``seed`` (``config.<stage>.seed``, which a study sets) draws the references,
 the balanced examples and the ``random`` criterion. :func:`validate` names a bad field;
@@ -25,12 +29,12 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from xaijax import data, importance
+from xaijax import data, deeplift, importance, lrp
 from xaijax.experiments import sections
 
 #: Fields added after results were cached, at the value that computes what they computed before:
 #: fingerprints leave them out at that value (``common.plain``).
-NEUTRAL_FIELDS = {"examples_per_class": None}
+NEUTRAL_FIELDS = {"examples_per_class": None, "rule": None}
 
 
 def defaults(**sizes: int) -> ml_collections.ConfigDict:
@@ -47,6 +51,7 @@ def defaults(**sizes: int) -> ml_collections.ConfigDict:
             "num_examples": 10_000,
             "examples_per_class": config_dict.placeholder(int),  # None: off
             "batch_size": 128,
+            "rule": config_dict.placeholder(str),  # None: the criterion's own
         }
     )
     section.update(sizes)
@@ -62,6 +67,8 @@ def validate(section: ml_collections.ConfigDict, where: str) -> None:
     sections.check_integers(section, where, minimums)
     if section.examples_per_class is not None:
         sections.check_integers(section, where, {"examples_per_class": 1})
+    rules = (*deeplift.RULES, *lrp.PRESETS)
+    sections.check_choice(section, where, "rule", rules, optional=True)
 
 
 def score_arguments(
@@ -76,7 +83,9 @@ def score_arguments(
         num_examples = train.num_examples
     elif train is not None:
         num_examples = min(section.num_examples, train.num_examples)
+    rule = {} if section.rule is None else {"rule": section.rule}
     return {
+        **rule,
         "data": train,
         "batch_size": section.batch_size,
         "num_examples": num_examples,

@@ -98,6 +98,13 @@ class Variant:
         return importances[0]
 
     @property
+    def label(self) -> str:
+        """:attr:`method`, with the explanation rule when the variant overrides it
+        (``<stage>.importance.rule``), e.g. ``ecq+lrp[epsilon]``: how regime tables name it."""
+        rule = self.overrides.get(self.stage, {}).get("importance", {}).get("rule")
+        return self.method if rule is None else f"{self.method}[{rule}]"
+
+    @property
     def method(self) -> str:
         """The study method of the rows the variant produces (``share_method`` for sharing:
         ``ecq+<importance>`` when ``share.assignments`` is ``("ecq",)``)."""
@@ -228,7 +235,7 @@ def variant_rows(results: Mapping[str, Any], variant: Variant, seed: int) -> lis
         if row["stage"] == variant.stage and row["method"] == variant.method:
             renamed = {**row, "method": variant.name, "overrides": variant.overrides}
             if variant.regime is not None:
-                renamed.update(regime=variant.regime, regime_method=variant.method)
+                renamed.update(regime=variant.regime, regime_method=variant.label)
             rows.append(renamed)
     if not rows:
         raise ValueError(f"variant {variant.name!r}: seed {seed} produced no {variant.stage} rows")
