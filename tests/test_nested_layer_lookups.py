@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import user_models
 from flax import traverse_util
+from test_user_models_compression import by_layer
 
 from xaijax import models, pruning
 from xaijax.quantization import (
@@ -34,15 +35,6 @@ from xaijax.quantization import (
 )
 
 WIDTH = 4
-
-
-def by_layer(tree):
-    """The view keyed by module path: ``{"Block_0/Conv_1": {"kernel": ...}}``."""
-    out = {}
-    for path, leaf in traverse_util.flatten_dict(tree, sep="/").items():
-        module, name = path.rsplit("/", 1)
-        out.setdefault(module, {})[name] = leaf
-    return out
 
 
 @pytest.fixture(scope="module")
