@@ -268,3 +268,13 @@ def test_a_rule_override_labels_the_variant_but_not_the_rows_it_reads():
     variant = ablation.Variant("ecq+lrp+epsilon", "share", {"share": spec}, "fine-tuned")
     assert (variant.method, variant.label) == ("ecq+lrp", "ecq+lrp[epsilon]")
     assert regimes.is_explanation(variant.label)
+
+
+def test_a_run_of_some_variants_keeps_the_rows_of_the_others(tmp_path):
+    from xaijax.study import write_rows
+
+    rows = [row(s, name, 0.5) for name in ("a", "b") for s in (0, 1)]
+    write_rows(tmp_path / "rows.jsonl", rows)
+    kept = ablation.kept_rows(tmp_path / "rows.jsonl", {("a", 0), ("a", 1), ("b", 0)})
+    assert [(r["method"], r["seed"]) for r in kept] == [("b", 1)]
+    assert ablation.kept_rows(tmp_path / "missing.jsonl", set()) == []

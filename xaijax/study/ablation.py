@@ -32,6 +32,7 @@ from xaijax import paths, report, statistics
 from xaijax.study.rows import (
     ROWS_FILE,
     check_seeds,
+    read_rows,
     rows_from_results,
     seed_dir,
     share_method,
@@ -242,6 +243,14 @@ def variant_rows(results: Mapping[str, Any], variant: Variant, seed: int) -> lis
     return rows
 
 
+def kept_rows(path: epath.Path, planned: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The rows already in ``path`` (if any) of every (variant, seed) not in ``planned``: a run of
+    some variants or seeds keeps the rows of the others."""
+    if not path.exists():
+        return []
+    return [row for row in read_rows(path) if (row["method"], row["seed"]) not in planned]
+
+
 def run(
     config: ml_collections.ConfigDict,
     study_workdir: epath.PathLike,
@@ -250,7 +259,8 @@ def run(
     seeds: Iterable[int],
 ) -> list[dict[str, Any]]:
     """Every variant on every seed (variant by variant, resuming finished work); returns the
-    rows and rewrites ``workdir/rows.jsonl`` after each run."""
+    rows and rewrites ``workdir/rows.jsonl`` after each run, keeping the rows it holds of other
+    variants and seeds (:func:`kept_rows`)."""
     from xaijax import pipeline  # Late import: tables need no JAX.
 
     seeds = check_seeds(seeds)
@@ -262,7 +272,7 @@ def run(
         for seed in seeds:
             check_study(seed_dir(study_workdir, seed), variant)
     workdir = epath.Path(workdir)
-    rows: list[dict[str, Any]] = []
+    rows = kept_rows(workdir / ROWS_FILE, {(v.name, s) for v in variants for s in seeds})
     for variant in variants:
         for seed in seeds:
             logging.info("ablation: %s, seed %d", variant.name, seed)
