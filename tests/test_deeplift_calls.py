@@ -18,7 +18,9 @@ from jax import lax
 from reference_nets import draw_variables
 
 from xaijax import deeplift, lrp
-from xaijax.models import get_model, ops
+from xaijax.deeplift.calls import linear_calls
+from xaijax.deeplift.program import _plan, _trace
+from xaijax.models import get_model
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 TARGET = np.array([0, 3, 7, 9])
@@ -51,9 +53,8 @@ class _Counter:
 
 
 def _vjp_conv(counter: _Counter):
-    """A VALID NHWC convolution as a ``custom_vjp`` whose backward is the unfolded input gradient
-    (the transpose of ``ops._unfolded_conv``) and XLA's kernel gradient, usable as Flax
-    ``nn.Conv``'s ``conv_general_dilated`` for a VALID layer."""
+    """A VALID NHWC convolution as a ``custom_vjp`` with a counted backward (XLA's gradients),
+    usable as Flax ``nn.Conv``'s ``conv_general_dilated`` for a VALID layer."""
 
     def plain(x, k):
         return lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=NHWC)
@@ -68,9 +69,7 @@ def _vjp_conv(counter: _Counter):
     @counter.wrap
     def bwd(residuals, g):
         x, k = residuals
-        (x_bar,) = jax.linear_transpose(lambda a: ops._unfolded_conv(a, k), x)(g)
-        (k_bar,) = jax.vjp(lambda w: plain(x, w), k)[1](g)
-        return x_bar, k_bar
+        return jax.vjp(plain, x, k)[1](g)
 
     conv.defvjp(fwd, bwd)
 
@@ -138,32 +137,38 @@ def _lrp_all(model, variables, x, rules, counter=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# The zoo's custom_jvp convolutions (xaijax.models.ops) against XLA's own.
+# The zoo's custom_jvp convolution (xaijax.models.ops: one input channel) against XLA's own.
+
+
+def _whole_call_bodies(model, variables, x, rule):
+    """The primitives of the bodies of the calls DeepLIFT binds whole for ``model``."""
+    fn = lambda v: model.apply(variables, v, train=False)
+    program = _trace(fn, jax.tree.structure((x,)), [jax.ShapeDtypeStruct(x.shape, x.dtype)])
+    plan = _plan(program)
+    if rule == "reveal_cancel":
+        return []
+    calls = linear_calls(program, plan.kinds, plan.varying)
+    return [{e.primitive.name for e in program.eqns[c.start : c.stop]} for c in calls.values()]
 
 
 @pytest.mark.parametrize("rule", deeplift.RULES)
-def test_deeplift_through_the_zoo_convs_equals_the_plain_convs(rule, monkeypatch):
-    counter = _Counter()
-    monkeypatch.setattr(ops, "_unfolded_conv", counter.wrap(ops._unfolded_conv))
+def test_deeplift_through_the_zoo_conv_equals_the_plain_conv(rule):
     variables, x, reference = _inputs()
-    fast, used = _deeplift_all(get_model("lenet5"), variables, x, reference, rule, counter)
-    # Rescale binds the small VALID conv (conv2) whole, so its rule (the unfolded input
-    # gradient) runs; RevealCancel interprets the body, XLA's convolution.
-    assert used == (rule == "rescale")
-    plain, _ = _deeplift_all(_lenet(), variables, x, reference, rule)
-    _close(fast, plain)
+    model = get_model("lenet5")
+    # Rescale binds conv1's call (the matmul of stacked windows) whole; nothing else is a call.
+    bodies = _whole_call_bodies(model, variables, x, rule)
+    assert len(bodies) == (rule == "rescale") and all("dot_general" in b for b in bodies)
+    fast, _ = _deeplift_all(model, variables, x, reference, rule)
+    _close(fast, _deeplift_all(_lenet(), variables, x, reference, rule)[0])
     np.testing.assert_allclose(fast[1], 0.0, atol=2e-5)  # summation-to-delta
 
 
 @pytest.mark.parametrize("rules", LRP_RULES)
-def test_lrp_through_the_zoo_convs_equals_the_plain_convs(rules, monkeypatch):
-    """Also: conv1 (one input channel: a matmul of stacked windows on the CPU) gets the
-    ``conv`` rule of ``composite``, as XLA's convolution does."""
-    counter = _Counter()
-    monkeypatch.setattr(ops, "_unfolded_conv", counter.wrap(ops._unfolded_conv))
+def test_lrp_through_the_zoo_conv_equals_the_plain_conv(rules):
+    """conv1 (one input channel: a matmul of stacked windows on the CPU) is a ``conv`` layer, as
+    XLA's convolution is (the ``composite`` rules differ by kind)."""
     variables, x, _ = _inputs()
-    fast, used = _lrp_all(get_model("lenet5"), variables, x, rules, counter)
-    assert used  # conv2's LRP terms bind the call: its rule pulls them back
+    fast, _ = _lrp_all(get_model("lenet5"), variables, x, rules)
     _close(fast, _lrp_all(_lenet(), variables, x, rules)[0])
 
 

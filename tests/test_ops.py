@@ -56,20 +56,18 @@ def _conv_pair(x_shape, k_shape, padding):
 
 
 CONV_CASES = [
-    ((3, 28, 28, 1), (5, 5, 1, 6), "SAME"),  # one input channel: patch matmul / tap sum
+    ((3, 28, 28, 1), (5, 5, 1, 6), "SAME"),
     ((3, 14, 14, 1), (5, 5, 1, 16), "VALID"),
     ((3, 10, 12, 1), (3, 2, 1, 8), ((1, 1), (2, 0))),
-    ((3, 14, 14, 6), (5, 5, 6, 16), "VALID"),  # small VALID: unfolded input gradient
-    ((3, 9, 11, 4), (3, 2, 4, 5), "VALID"),
 ]
 
 
 @pytest.mark.parametrize("x_shape, k_shape, padding", CONV_CASES)
-def test_fast_conv_forms_match_lax_values_gradients_and_hvp(x_shape, k_shape, padding):
+def test_single_channel_conv_matches_lax_values_gradients_and_hvp(x_shape, k_shape, padding):
     fast, plain = _conv_pair(x_shape, k_shape, padding)
     x, k = _normal(0, x_shape), _normal(1, k_shape) * 0.2
     primitives = {eqn.primitive.name for eqn in jax.make_jaxpr(fast)(x, k).eqns}
-    assert "custom_jvp_call" in primitives  # a fast form was taken
+    assert "custom_jvp_call" in primitives  # the one-channel form was taken
     np.testing.assert_allclose(fast(x, k), plain(x, k), rtol=1e-5, atol=1e-5)
 
     def loss(conv):
@@ -79,10 +77,6 @@ def test_fast_conv_forms_match_lax_values_gradients_and_hvp(x_shape, k_shape, pa
     expected = jax.grad(loss(plain), (0, 1))(x, k)
     for got, want in zip(grads, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    # The input gradient alone (the kernel fixed: attributions; the skewed unfolded form).
-    np.testing.assert_allclose(
-        jax.grad(loss(fast))(x, k), jax.grad(loss(plain))(x, k), rtol=1e-4, atol=1e-4
-    )
     # Forward-over-reverse (Hessian-vector products, as the Hessian sensitivity uses).
     v = _normal(2, k_shape)
     hvp = jax.jvp(jax.grad(loss(fast), 1), (x, k), (jnp.zeros_like(x), v))[1]
@@ -94,10 +88,10 @@ def test_fast_conv_forms_match_lax_values_gradients_and_hvp(x_shape, k_shape, pa
     np.testing.assert_allclose(jvp, jax.jvp(loss(plain), (x, k), tangents)[1], rtol=1e-4)
 
 
-def test_padded_or_wide_convs_and_strides_use_lax_conv():
+def test_several_channels_and_strides_use_lax_conv():
     for x_shape, k_shape, padding in [
         ((2, 8, 8, 3), (3, 3, 3, 4), "SAME"),
-        ((2, 8, 8, 3), (3, 3, 3, 32), "VALID"),
+        ((2, 14, 14, 6), (5, 5, 6, 16), "VALID"),
     ]:
         x, k = _normal(0, x_shape), _normal(1, k_shape)
         fast, _ = _conv_pair(x_shape, k_shape, padding)

@@ -13,16 +13,15 @@
   evaluate, and what input gradients differentiate) is one matmul of the stacked shifted slices
   of the input with the kernel; under differentiation (training) the value is a sum of shifted
   slices times kernel taps and the kernel gradient is XLA's, which is fast for that operand.
-  A VALID convolution with at most ``SMALL_VALID_CHANNELS`` input and output channels (LeNet's
-  conv2) keeps XLA's forward pass and kernel gradient, but its input gradient is a matmul and two
-  passes of shifted sums (:func:`_unfolded_conv`), 2x faster than XLA's convolution padded by the
-  kernel size there (and slower elsewhere: with padding or more channels, XLA's own wins).
   Everything else, and every backend but the CPU, goes to ``lax.conv_general_dilated``
-  unchanged; with more input channels the one-channel forms lose to XLA's own too.
+  unchanged; with more input channels the one-channel forms lose to XLA's own.
 
-Both convolution forms are linear in the input, so xaijax.deeplift (Rescale) and xaijax.lrp bind
-the ``custom_jvp`` calls whole and pull their multipliers back with these derivative rules
-(``xaijax.deeplift.calls``): attributions get the same speed-up as gradients.
+The one-channel convolution is linear in its input, so xaijax.deeplift (Rescale) and xaijax.lrp
+bind its ``custom_jvp`` call whole and pull their multipliers back with its derivative rule
+(``xaijax.deeplift.calls``). The unfolded input gradient of small VALID convolutions (LeNet-5's
+conv2; commit 98bc164) made training 15% faster, but under DeepLIFT XLA fuses its transpose
+into the ReLU multiplier before a max pool and recomputes it there, so importance scoring went
+past its 1.2x of a gradient pass: left out (docs/benchmarks.md, "Where the training time goes").
 """
 
 from __future__ import annotations
@@ -137,70 +136,7 @@ def _single_channel_conv_jvp(padding: tuple, primals: tuple, tangents: tuple) ->
 _single_channel_conv.defjvp(_single_channel_conv_jvp, symbolic_zeros=True)
 
 
-# A VALID convolution with at most this many input and output channels gets the input gradient
-# of :func:`_small_valid_conv` (LeNet-5's conv2 and its pruned versions).
-SMALL_VALID_CHANNELS = 16
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _small_valid_conv(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> jax.Array:
-    """XLA's convolution, differentiated with :func:`_unfolded_conv` for the input term."""
-    return _lax_conv(lhs, rhs, padding)
-
-
-def _skewed_columns(lhs: jax.Array, kw: int, wo: int) -> jax.Array:
-    """``[N, H, kw, Wo, C]`` with ``[:, :, j] = lhs[:, :, j:j+Wo]``, built as ``kw`` copies of each
-    row (``[W * C]`` flat) skewed by a pad and a reshape: row ``j`` starts ``j * C`` further in.
-    Its transpose ends in a sum over the copies (a reduction), which XLA materialises instead of
-    fusing into, and recomputing in, every element of a larger consumer."""
-    n, h, w, c = lhs.shape
-    rows = jnp.broadcast_to(lhs.reshape(n * h, 1, w * c), (n * h, kw, w * c))
-    skewed = jnp.pad(rows.reshape(n * h, kw * w * c), ((0, 0), (0, kw * c)))
-    return skewed.reshape(n, h, kw, (w + 1) * c)[..., : wo * c].reshape(n, h, kw, wo, c)
-
-
-def _unfolded_conv(lhs: jax.Array, rhs: jax.Array, skewed: bool = False) -> jax.Array:
-    """A VALID convolution built so that its transpose (the input gradient) is one matmul and
-    two passes of shifted sums: the ``kh * kw`` shifted windows of the input stacked on new axes
-    and contracted with the kernel. For small channel counts XLA's own input gradient of a VALID
-    convolution (a convolution padded by the kernel size) is 2x slower. Only its transpose runs.
-
-    The windows along W are slices concatenated on a new axis 0 (``[kh, kw, N, Ho, Wo, C]``),
-    whose transpose, pads and adds, XLA fuses into the next op: best in a training step, 20%
-    faster there than ``skewed``. With ``skewed`` they are :func:`_skewed_columns`, whose
-    transpose ends in a reduction: best where the next op is an elementwise multiply at a larger
-    shape (DeepLIFT's multiplier at the ReLU before a max pool, which otherwise recomputes the
-    adds at every pooled position: 25% slower attributions on LeNet-5)."""
-    kh, kw = rhs.shape[:2]
-    ho, wo = lhs.shape[1] - kh + 1, lhs.shape[2] - kw + 1
-    if skewed:
-        by_column = _skewed_columns(lhs, kw, wo)
-        cols = jnp.concatenate([by_column[None, :, i : i + ho] for i in range(kh)], axis=0)
-        return jnp.einsum("inhjwc,ijco->nhwo", cols, rhs)
-    by_column = jnp.concatenate([lhs[None, :, :, j : j + wo] for j in range(kw)], axis=0)
-    cols = jnp.concatenate([by_column[None, :, :, i : i + ho] for i in range(kh)], axis=0)
-    return jnp.einsum("ijnhwc,ijco->nhwo", cols, rhs)
-
-
-def _small_valid_conv_jvp(padding: tuple, primals: tuple, tangents: tuple) -> tuple:
-    """The input term is :func:`_unfolded_conv`: concatenated when the kernel is differentiated
-    too (training), skewed when only the input is (attributions, input gradients)."""
-    lhs, rhs = primals
-    lhs_dot, rhs_dot = tangents
-    kernel_fixed = isinstance(rhs_dot, SymbolicZero)
-    terms = []
-    if not isinstance(lhs_dot, SymbolicZero):
-        terms.append(_unfolded_conv(lhs_dot, rhs, skewed=kernel_fixed))
-    if not kernel_fixed:
-        terms.append(_lax_conv(lhs, rhs_dot, padding))
-    out = _lax_conv(lhs, rhs, padding)
-    return out, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(out)
-
-
-_small_valid_conv.defjvp(_small_valid_conv_jvp, symbolic_zeros=True)
-
-
-def _plain_2d(
+def _wants_single_channel_form(
     lhs: jax.Array,
     rhs: jax.Array,
     window_strides: Sequence[int],
@@ -210,7 +146,8 @@ def _plain_2d(
     feature_group_count: int,
     batch_group_count: int,
 ) -> bool:
-    """Whether the convolution is a plain stride-1 NHWC x HWIO float one, running on the CPU."""
+    """Whether the convolution is a stride-1 NHWC x HWIO float one of a one-channel input, on
+    the CPU."""
     dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
     return (
         jax.default_backend() == "cpu"
@@ -219,19 +156,10 @@ def _plain_2d(
         and not dilated
         and feature_group_count == 1
         and batch_group_count == 1
+        and lhs.shape[-1] == 1
         and lhs.dtype == rhs.dtype
         and jnp.issubdtype(lhs.dtype, jnp.floating)
     )
-
-
-def _fast_form(lhs: jax.Array, rhs: jax.Array, padding: tuple) -> Any:
-    """The faster form for a plain convolution, or None for XLA's own."""
-    if lhs.shape[-1] == 1:
-        return _single_channel_conv
-    valid = all(lo == 0 and hi == 0 for lo, hi in padding)
-    if valid and max(lhs.shape[-1], rhs.shape[-1]) <= SMALL_VALID_CHANNELS:
-        return _small_valid_conv
-    return None
 
 
 def conv_general_dilated(
@@ -249,14 +177,11 @@ def conv_general_dilated(
 ) -> jax.Array:
     """``lax.conv_general_dilated``, in a form XLA runs faster where there is one (module
     docstring)."""
-    if precision is None and preferred_element_type is None and _plain_2d(
+    if precision is None and preferred_element_type is None and _wants_single_channel_form(
         lhs, rhs, window_strides, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count,
     ):  # fmt: skip
-        explicit = _explicit_padding(padding, lhs, rhs)
-        form = _fast_form(lhs, rhs, explicit)
-        if form is not None:
-            return form(lhs, rhs, explicit)
+        return _single_channel_conv(lhs, rhs, _explicit_padding(padding, lhs, rhs))
     return lax.conv_general_dilated(
         lhs,
         rhs,
