@@ -37,15 +37,17 @@ sub-computation of one input-dependent value (``relu``, ``gelu``, ``leaky_relu``
 ``x * sigmoid(x)`` ...) is treated as ONE nonlinearity. The reference side is evaluated first
 (once, at batch 1, when the batch shares one reference); the input side is then interpreted under
 ``jax.vjp`` with every nonlinearity carried by a ``jax.custom_vjp`` op whose backward multiplies by
-its DeepLIFT multiplier. A ``custom_jvp``/``custom_vjp`` call whose body is linear is bound whole
-under the Rescale rule, so its own derivative rule (a faster convolution gradient, say) pulls the
-multipliers back (``xaijax.deeplift.calls``). A nonlinear operation with no rule raises
-``UnsupportedOperationError`` naming the primitive (and the call whose body holds it); nothing
-silently falls back to the gradient. The examples of a batch must not interact (inference mode).
+its DeepLIFT multiplier (the carriers and the cross-max rule: ``xaijax.deeplift.carriers``; the
+interpreter: ``xaijax.deeplift.interpreter``). A ``custom_jvp``/``custom_vjp`` call whose body
+is linear is bound whole under the Rescale rule, so its own derivative rule (a faster convolution
+gradient, say) pulls the multipliers back (``xaijax.deeplift.calls``). A nonlinear operation with
+no rule raises ``UnsupportedOperationError`` naming the primitive (and the call whose body holds
+it); nothing silently falls back to the gradient. The examples of a batch must not interact
+(inference mode).
 """
 
 from xaijax.deeplift.attribution import RULES, Rule, attribute, attribute_shap
-from xaijax.deeplift.interpreter import SECANT_EPS
+from xaijax.deeplift.carriers import SECANT_EPS
 from xaijax.deeplift.layers import layer_attributions, parameter_contributions
 from xaijax.deeplift.program import UnsupportedOperationError
 

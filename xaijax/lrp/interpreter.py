@@ -40,7 +40,7 @@ import numpy as np
 from jax import lax
 
 from xaijax.deeplift.calls import call_operands, layer_call, linear_calls, run_call
-from xaijax.deeplift.interpreter import _with_multipliers
+from xaijax.deeplift.carriers import _with_multipliers
 from xaijax.deeplift.program import (
     _bind,
     _bind_call,
