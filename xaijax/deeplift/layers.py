@@ -66,6 +66,30 @@ def _discover_layers(model: nn.Module, variables: Any, x_spec: Any, apply_kwargs
     return calls
 
 
+def _selected_layers(
+    model: nn.Module,
+    variables: Any,
+    inputs: Array,
+    layers: Sequence[str] | None,
+    apply_kwargs: Mapping,
+) -> tuple[list, list[str]]:
+    """The Conv/Dense calls of ``model`` on ``inputs`` named in ``layers`` (None: all), in
+    forward order, and their keys; ``ValueError`` naming unknown layers."""
+    x_spec = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
+    calls = _discover_layers(model, variables, x_spec, apply_kwargs)
+    available = [c.key for c in calls]
+    if layers is None:
+        keys = available
+    else:
+        if isinstance(layers, str):
+            raise TypeError("layers must be a sequence of layer names, not a string")
+        keys = list(layers)
+        unknown = sorted(set(keys) - set(available))
+        if unknown:
+            raise ValueError(f"unknown layers {unknown}; Conv/Dense layers are {available}")
+    return [c for c in calls if c.key in keys], keys
+
+
 def _probed_model(model: nn.Module, variables: Any, keys: frozenset, apply_kwargs: Mapping):
     """``fn(x, eps) -> (outputs, {key: (layer input, layer output + eps[key])})``."""
 
@@ -109,19 +133,7 @@ def _explain_layers(model, variables, inputs, reference, layers, target, rule, a
     inputs = _check_inputs(inputs)
     reference, _ = _shared_reference(inputs, reference)
     apply_kwargs = {"train": False} if apply_kwargs is None else dict(apply_kwargs)
-    x_spec = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
-    calls = _discover_layers(model, variables, x_spec, apply_kwargs)
-    available = [c.key for c in calls]
-    if layers is None:
-        keys = available
-    else:
-        if isinstance(layers, str):
-            raise TypeError("layers must be a sequence of layer names, not a string")
-        keys = list(layers)
-        unknown = sorted(set(keys) - set(available))
-        if unknown:
-            raise ValueError(f"unknown layers {unknown}; Conv/Dense layers are {available}")
-    calls = [c for c in calls if c.key in keys]
+    calls, keys = _selected_layers(model, variables, inputs, layers, apply_kwargs)
     batch_ref = reference.shape[0]
     eps = {c.key: jnp.zeros(c.out_spec.shape, c.out_spec.dtype) for c in calls}
     ref_eps = {

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 
 from xaijax.deeplift.attribution import _check_inputs, _check_target, _target_cotangent
 from xaijax.deeplift.layers import (
-    _discover_layers,
     _kernel_pullback,
     _layer_params,
     _LayerCall,
     _probed_model,
+    _selected_layers,
     _sum_abs_in_chunks,
 )
 from xaijax.lrp.attribution import Rules
@@ -40,19 +40,7 @@ def _explain_layers(model, variables, inputs, layers, target, rules, apply_kwarg
     rules = resolve(rules)
     inputs = _check_inputs(inputs)
     apply_kwargs = {"train": False} if apply_kwargs is None else dict(apply_kwargs)
-    x_spec = jax.ShapeDtypeStruct(inputs.shape, inputs.dtype)
-    calls = _discover_layers(model, variables, x_spec, apply_kwargs)
-    available = [c.key for c in calls]
-    if layers is None:
-        keys = available
-    else:
-        if isinstance(layers, str):
-            raise TypeError("layers must be a sequence of layer names, not a string")
-        keys = list(layers)
-        unknown = sorted(set(keys) - set(available))
-        if unknown:
-            raise ValueError(f"unknown layers {unknown}; Conv/Dense layers are {available}")
-    calls = [c for c in calls if c.key in keys]
+    calls, keys = _selected_layers(model, variables, inputs, layers, apply_kwargs)
     eps = {c.key: jnp.zeros(c.out_spec.shape, c.out_spec.dtype) for c in calls}
     fn = _probed_model(model, variables, frozenset(keys), apply_kwargs)
     traced = trace(fn, (inputs, eps))
