@@ -95,12 +95,13 @@ def _family(method: str) -> str | None:
     return None
 
 
-def _counterpart(method: str, methods: Sequence[str]) -> str | None:
-    """The LRP method that differs from DeepLIFT ``method`` only in the explanation."""
+def _counterparts(method: str, methods: Sequence[str]) -> list[str]:
+    """The LRP methods that differ from DeepLIFT ``method`` only in the explanation (under any
+    rule: ``ecq+lrp`` and ``ecq+lrp[epsilon]`` for ``ecq+deeplift``)."""
     if _family(method) != "deeplift":
-        return None
+        return []
     other = method.replace("deeplift", "lrp")
-    return other if other in methods else None
+    return [m for m in methods if m.split("[")[0] == other]
 
 
 def comparisons(
@@ -123,8 +124,7 @@ def comparisons(
         classic = sorted((m for m in means if not is_explanation(m)), key=lambda m: -means[m])
         for method in (m for m in means if is_explanation(m)):
             pairs = [(classic[0], True)] if classic else []
-            lrp = _counterpart(method, list(means))
-            pairs += [(lrp, False)] if lrp else []
+            pairs += [(lrp, False) for lrp in _counterparts(method, list(means))]
             for against, is_classic in pairs:
                 entry = compare(
                     method,
