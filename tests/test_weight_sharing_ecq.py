@@ -344,9 +344,12 @@ def test_kmeans_fingerprints_are_those_from_before_ecq():
     # The section before ECQ and the importance exponent existed (the exponent at its neutral 1).
     new_fields = ("assignments", "ecq_lambda", "importance_exponent")
     old_section = {k: v for k, v in section.to_dict().items() if k not in new_fields}
-    # The importance sub-section's scarce-data field at its neutral value (off) is left out too.
+    # The importance sub-section's fields added later (scarce data, the rule) at their neutral
+    # value (off) are left out too.
     old_section["importance"] = {
-        k: v for k, v in old_section["importance"].items() if k != "examples_per_class"
+        k: v
+        for k, v in old_section["importance"].items()
+        if k not in ("examples_per_class", "rule")
     }
     old_base = provenance.fingerprint(
         unit="share",
