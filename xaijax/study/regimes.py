@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from xaijax import report
+from xaijax import report, statistics
 from xaijax.study.summary import (
     MEASURES,
     by_method,
@@ -117,7 +117,7 @@ def comparisons(
     for cell in cells_of(rows):
         methods = by_method(cell)
         means = {
-            m: sum(r[metric] for r in s.values()) / len(s)
+            m: statistics.mean_std([r[metric] for r in s.values()])[0]
             for m, s in methods.items()
             if all(r[metric] is not None for r in s.values())
         }
