@@ -27,8 +27,10 @@ from xaijax.models import (
     count_params,
     discover_layer_specs,
     get_model,
+    inference_kwargs,
     layer_costs,
     layer_variables,
+    unwrap,
 )
 from xaijax.pruning import (
     mask_variables,
@@ -180,6 +182,37 @@ def test_quantize_any_checks_layer_names_and_groups():
     variables = random_variables(grouped, x)
     with pytest.raises(ValueError, match="'layers_0' is a grouped convolution"):
         quantize_any(grouped, {"layers_0": 4}).apply(variables, x)
+
+
+class TrainsByDefault(nn.Module):
+    """A user model whose ``train`` defaults to True (BatchNorm updates its statistics)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_inference_kwargs_look_through_the_wrappers():
+    """``Narrowed`` and ``InterceptQuantized`` take ``(*args, **kwargs)``; inference mode must
+    still reach the model inside, or its BatchNorm would try to update statistics."""
+    model = TrainsByDefault()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 2))
+    variables = random_variables(model, x, train=False)
+    specs = discover_layer_specs(model, x, train=False)
+    keep = {"Conv_0": np.array([True, False, True, True])}
+    narrow, narrow_variables = shrink_any(model, variables, keep, x, train=False)
+    both = quantize_any(narrow, {"Conv_0": 4, "Dense_0": 8}, backend="reference")
+    for wrapped in (narrow, quantize_any(model, {"Conv_0": 4}), both):
+        assert unwrap(wrapped) is model
+        assert inference_kwargs(wrapped) == {"train": False}
+    assert inference_kwargs(model) == {"train": False}
+    assert inference_kwargs(user_models.sequential_cnn()) == {}
+
+    masked = masked_outputs(model, specs, variables, keep, x, {"train": False})
+    close(narrow.apply(narrow_variables, x, **inference_kwargs(narrow)), masked)
+    out = both.apply(narrow_variables, x, **inference_kwargs(both))  # no batch_stats update.
+    assert out.shape == (2, 3)
 
 
 # --- shrink_any -------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ without them, so every stage runs on a user's own, unmodified linen model.
 * the quantized model (:func:`quantized`): ``xaijax.quantization.quantized_model`` for a model
   with a ``layer_kwargs`` field, else ``xaijax.quantization.quantize_any`` (intercepted calls).
 
-The model is applied in inference mode with :func:`apply_kwargs` (``train=False`` only for a
-model whose ``__call__`` takes ``train``, looking through the wrappers above to the user's model).
+The model is applied in inference mode with ``xaijax.models.inference_kwargs`` (``train=False``
+only for a model whose ``__call__`` takes ``train``, looking through the wrappers above to the
+user's model).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from xaijax import models, pruning
-from xaijax.quantization import InterceptQuantized, quantize_any, quantized_model
+from xaijax.quantization import quantize_any, quantized_model
 
 Variables = Mapping[str, Any]
 
@@ -37,19 +38,6 @@ def has_field(model: nn.Module, name: str) -> bool:
     return any(field.name == name for field in dataclasses.fields(model))
 
 
-def unwrapped(model: nn.Module) -> nn.Module:
-    """The user's model inside the library's wrappers (``Narrowed``, ``InterceptQuantized``)."""
-    while isinstance(model, pruning.Narrowed | InterceptQuantized):
-        model = model.full if isinstance(model, pruning.Narrowed) else model.model
-    return model
-
-
-def apply_kwargs(model: nn.Module) -> dict[str, Any]:
-    """``models.inference_kwargs`` of the model :func:`unwrapped` from the library's wrappers
-    (whose ``__call__(*args, **kwargs)`` pass everything on)."""
-    return models.inference_kwargs(unwrapped(model))
-
-
 def example_input(input_shape: Sequence[int]) -> jax.ShapeDtypeStruct:
     """One example of shape ``input_shape`` ``(H, W, C)`` as a batch of one (shapes only)."""
     return jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
@@ -57,7 +45,9 @@ def example_input(input_shape: Sequence[int]) -> jax.ShapeDtypeStruct:
 
 def specs(model: nn.Module, input_shape: Sequence[int]) -> tuple[models.LayerSpec, ...]:
     """The layers of ``model`` (``models.layer_specs_of`` on one example of ``input_shape``)."""
-    return models.layer_specs_of(model, example_input(input_shape), **apply_kwargs(model))
+    return models.layer_specs_of(
+        model, example_input(input_shape), **models.inference_kwargs(model)
+    )
 
 
 def costs(
@@ -71,7 +61,9 @@ def costs(
     if layer_specs is None:
         layer_specs = specs(model, input_shape)
     x = example_input(input_shape)
-    return models.traced_layer_costs(model, variables, layer_specs, x, **apply_kwargs(model))
+    return models.traced_layer_costs(
+        model, variables, layer_specs, x, **models.inference_kwargs(model)
+    )
 
 
 def shrink(
@@ -87,7 +79,7 @@ def shrink(
         return pruning.shrink(model, variables, unit_masks)
     x = example_input(input_shape)
     return pruning.shrink_any(
-        model, variables, unit_masks, x, specs=layer_specs, **apply_kwargs(model)
+        model, variables, unit_masks, x, specs=layer_specs, **models.inference_kwargs(model)
     )
 
 

@@ -21,8 +21,8 @@ import ml_collections
 from etils import epath
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, provenance, report, training
-from xaijax.experiments import common, layers, scoring, sections
+from xaijax import checkpoint, data, importance, models, provenance, report, training
+from xaijax.experiments import common, scoring, sections
 from xaijax.quantization import get_backend, hutchinson_traces
 
 Variables = Mapping[str, Any]
@@ -216,7 +216,7 @@ def hessian_traces(
     others = {k: v for k, v in variables.items() if k != "params"}
 
     def loss_fn(params: Any) -> jax.Array:
-        logits = model.apply({"params": params, **others}, images, **layers.apply_kwargs(model))
+        logits = model.apply({"params": params, **others}, images, **models.inference_kwargs(model))
         return jnp.mean(training.cross_entropy(logits, labels))
 
     return hutchinson_traces(

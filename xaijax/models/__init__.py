@@ -25,6 +25,7 @@ from xaijax.models.common import (
     freeze_mapping,
     inference_kwargs,
     layer_variables,
+    unwrap,
 )
 from xaijax.models.costs import layer_costs, traced_layer_costs
 from xaijax.models.discovery import DiscoveryError, discover_layer_specs, layer_specs_of
@@ -182,4 +183,5 @@ __all__ = [
     "register_model",
     "resolve_model",
     "traced_layer_costs",
+    "unwrap",
 ]

@@ -78,11 +78,22 @@ def layer_variables(tree: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return node
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside pass-through wrappers: a wrapper class names the field holding the module
+    it runs in a class attribute ``wrapped_field`` (``xaijax.pruning.Narrowed``,
+    ``xaijax.quantization.InterceptQuantized``); ``model`` itself if it is no wrapper."""
+    while (field := getattr(type(model), "wrapped_field", None)) is not None:
+        model = getattr(model, field)
+    return model
+
+
 def inference_kwargs(model: nn.Module) -> dict[str, Any]:
     """``{"train": False}`` for a model whose ``__call__`` takes ``train`` (the zoo's convention),
-    else ``{}``: the keyword arguments of an inference-mode ``model.apply``."""
+    else ``{}``: the keyword arguments of an inference-mode ``model.apply``. Looks through
+    pass-through wrappers (:func:`unwrap`), whose ``__call__(*args, **kwargs)`` hides the
+    signature of the model they run."""
     try:
-        parameters = inspect.signature(model.__call__).parameters
+        parameters = inspect.signature(unwrap(model).__call__).parameters
     except (TypeError, ValueError):
         return {}
     return {"train": False} if "train" in parameters else {}

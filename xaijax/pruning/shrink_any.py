@@ -89,6 +89,8 @@ class Narrowed(nn.Module):
     layers: tuple[str, ...]
     widths: tuple[int, ...] = ()
 
+    wrapped_field = "full"  # for ``xaijax.models.unwrap``: calls pass through to ``full``.
+
     def setup(self) -> None:
         nn.share_scope(self, self.full)
 

@@ -83,6 +83,8 @@ class InterceptQuantized(nn.Module):
     activation_bits: int | None = None
     backend: QuantizationBackend | str = "aqt"
 
+    wrapped_field = "model"  # for ``xaijax.models.unwrap``: calls pass through to ``model``.
+
     def setup(self) -> None:
         nn.share_scope(self, self.model)
 
