@@ -259,19 +259,13 @@ def parameter_contributions(
     ``"mean_abs"`` returns the batch mean of ``|C|`` (kernel-shaped), computing per-example values
     ``chunk_size`` examples at a time (memory ``chunk_size * |W|``).
     """
-    if reduce not in ("none", "mean", "mean_abs"):
-        raise ValueError(f"reduce must be 'none', 'mean' or 'mean_abs', got {reduce!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    _check_reduce(reduce, chunk_size)
     explained = _explain_layers(
         model, variables, inputs, reference, layers, target, rule, apply_kwargs
     )
     batch = jnp.shape(inputs)[0]
-    calls_by_path: dict[str, list[_LayerCall]] = {}
-    for call in explained.calls:
-        calls_by_path.setdefault(call.path, []).append(call)
     result: dict[str, Array] = {}
-    for path, calls in calls_by_path.items():
+    for path, calls in _calls_by_path(explained.calls).items():
         params = _layer_params(variables, path)
         kernel = params["kernel"]
         weights = {None: kernel, "+": jnp.maximum(kernel, 0), "-": jnp.minimum(kernel, 0)}
@@ -297,16 +291,42 @@ def parameter_contributions(
                 total = total + weights[sign] * _kernel_pullback(call, params, a, m)
             return total
 
-        def one_example(factors, contribution=contribution):
-            return contribution(jax.tree.map(lambda v: v[None], factors))
-
-        if reduce == "mean":
-            result[path] = contribution(factors) / batch
-        elif reduce == "none":
-            result[path] = jax.vmap(one_example)(factors)
-        else:
-            result[path] = _sum_abs_in_chunks(one_example, factors, kernel, chunk_size) / batch
+        result[path] = _reduce_examples(contribution, factors, batch, reduce, kernel, chunk_size)
     return result
+
+
+def _check_reduce(reduce: str, chunk_size: int) -> None:
+    """Raise unless ``reduce`` is a known reduction and ``chunk_size`` a positive int."""
+    if reduce not in ("none", "mean", "mean_abs"):
+        raise ValueError(f"reduce must be 'none', 'mean' or 'mean_abs', got {reduce!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _calls_by_path(calls: Sequence[_LayerCall]) -> dict[str, list[_LayerCall]]:
+    """The calls of each module path (a reused module has several), in forward order."""
+    grouped: dict[str, list[_LayerCall]] = {}
+    for call in calls:
+        grouped.setdefault(call.path, []).append(call)
+    return grouped
+
+
+def _reduce_examples(
+    contribution: Callable, factors: Any, batch: int, reduce: str, like: Array, chunk: int
+) -> Array:
+    """A kernel's per-example terms reduced over the batch: ``contribution(factors)`` sums the
+    terms of the examples in ``factors`` (leading axis ``batch``). ``"mean"``: one batched pass
+    divided by ``batch``; ``"none"``: ``[B, *like.shape]``, one example at a time (vmapped);
+    ``"mean_abs"``: the mean of ``|per-example|``, ``chunk`` examples at a time."""
+
+    def one_example(factors):
+        return contribution(jax.tree.map(lambda v: v[None], factors))
+
+    if reduce == "mean":
+        return contribution(factors) / batch
+    if reduce == "none":
+        return jax.vmap(one_example)(factors)
+    return _sum_abs_in_chunks(one_example, factors, like, chunk) / batch
 
 
 def _sum_abs_in_chunks(per_example: Callable, xs: Any, like: Array, chunk: int) -> Array:

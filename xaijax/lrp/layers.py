@@ -11,12 +11,14 @@ import jax.numpy as jnp
 
 from xaijax.deeplift.attribution import _check_inputs, _check_target, _target_cotangent
 from xaijax.deeplift.layers import (
+    _calls_by_path,
+    _check_reduce,
     _kernel_pullback,
     _layer_params,
     _LayerCall,
     _probed_model,
+    _reduce_examples,
     _selected_layers,
-    _sum_abs_in_chunks,
 )
 from xaijax.lrp.attribution import Rules
 from xaijax.lrp.interpreter import explain, trace
@@ -114,17 +116,11 @@ def parameter_relevances(
     up their calls. Keys are module paths (``"conv1"``); ``reduce`` and ``chunk_size`` as
     ``xaijax.deeplift.parameter_contributions``.
     """
-    if reduce not in ("none", "mean", "mean_abs"):
-        raise ValueError(f"reduce must be 'none', 'mean' or 'mean_abs', got {reduce!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    _check_reduce(reduce, chunk_size)
     explained = _explain_layers(model, variables, inputs, layers, target, rules, apply_kwargs)
     batch = jnp.shape(inputs)[0]
-    calls_by_path: dict[str, list[_LayerCall]] = {}
-    for call in explained.calls:
-        calls_by_path.setdefault(call.path, []).append(call)
     result: dict[str, Array] = {}
-    for path, calls in calls_by_path.items():
+    for path, calls in _calls_by_path(explained.calls).items():
         params = _layer_params(variables, path)
         kernel = params["kernel"]
         terms = []  # (call, coefficient, weight part, input factor, output factor s_k)
@@ -145,13 +141,5 @@ def parameter_relevances(
                 total = total + coefficient * part_w(kernel) * _kernel_pullback(call, params, x, s)
             return total
 
-        def one_example(factors, contribution=contribution):
-            return contribution(jax.tree.map(lambda v: v[None], factors))
-
-        if reduce == "mean":
-            result[path] = contribution(factors) / batch
-        elif reduce == "none":
-            result[path] = jax.vmap(one_example)(factors)
-        else:
-            result[path] = _sum_abs_in_chunks(one_example, factors, kernel, chunk_size) / batch
+        result[path] = _reduce_examples(contribution, factors, batch, reduce, kernel, chunk_size)
     return result
