@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import optax
+from etils import epath
 
 from xaijax import data, training
 from xaijax.experiments import quantize as quantize_experiment
@@ -63,7 +65,10 @@ def main() -> None:
         q = quantize_experiment.defaults()
         q.seed = args.seed
         names = [spec.name for spec in model.layer_specs()]
-        tables = quantize_experiment.sensitivities(q, model, variables, train_ds, names)
+        config = ml_collections.ConfigDict({"data": {"name": "digits"}})  # what the scores saw
+        tables = quantize_experiment.sensitivities(
+            config, q, model, variables, train_ds, names, epath.Path(tmp) / "scores"
+        )
         sizes = layer_sizes(variables["params"], names)
         table = tables.get(get_strategy(args.strategy).needs)
         bits = allocate_bits(args.strategy, sizes, args.budget, table=table)

@@ -280,6 +280,46 @@ def test_joint_stage_end_to_end_on_digits(tmp_path):
     assert (tmp_path / "run" / "allocations" / deeplift["key"] / "result.json").exists()
 
 
+def test_stage_scores_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch):
+    """``qat.scores`` (both QAT stages' DeepLIFT scores and Hessian traces) computes once per set
+    of inputs: a rerun reads the same bits back; other inputs recompute."""
+    from xaijax import data
+    from xaijax.experiments import qat
+    from xaijax.experiments import quantize as quantize_experiment
+
+    config = smoke_config()
+    model, variables = tiny_model()
+    q = quantize_experiment.defaults()
+    q.importance.num_examples, q.hessian_examples, q.hessian_samples = 32, 32, 2
+    train = data.load_dataset("digits", "train")
+    names = [spec.name for spec in model.layer_specs()]
+    directory = tmp_path / "scores"
+    first = qat.scores(config, q, model, variables, train, names, directory)
+    assert set(first) == {"deeplift", "traces", "seconds"} and set(first["traces"]) == set(names)
+
+    calls = []
+
+    def counted(what, value):
+        return lambda *args, **kwargs: calls.append(what) or value
+
+    monkeypatch.setattr(qat, "deeplift_scores", counted("deeplift", first["deeplift"]))
+    monkeypatch.setattr(qat, "hessian_traces", counted("hessian", first["traces"]))
+    again = qat.scores(config, q, model, variables, train, names, directory)
+    assert calls == []
+    assert again["traces"] == first["traces"] and again["seconds"] == first["seconds"]
+    assert jax.tree.structure(again["deeplift"]) == jax.tree.structure(first["deeplift"])
+    for kept, computed in zip(
+        jax.tree.leaves(again["deeplift"]), jax.tree.leaves(first["deeplift"]), strict=True
+    ):
+        assert kept.dtype == computed.dtype and np.array_equal(kept, computed)
+
+    q.seed = 1  # other probes and references: recomputed.
+    qat.scores(config, q, model, variables, train, names, directory)
+    assert calls == ["deeplift", "hessian"]
+    traces_only = qat.scores(config, q, model, variables, train, names, directory, deeplift=False)
+    assert calls == ["deeplift", "hessian", "hessian"] and "deeplift" not in traces_only
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

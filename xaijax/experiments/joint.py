@@ -20,7 +20,8 @@ the budget), the predicted damage, and the level and width of every layer.
 
 Each allocation is a unit of work in ``workdir/allocations/<key>`` (``result.json`` and the
 fine-tuning checkpoints), tied to the fingerprint of what determines it: a rerun reuses or
-resumes it under the same inputs. ``results.json`` (atomic, after every run), ``results.csv``,
+resumes it under the same inputs. So are the DeepLIFT scores and Hessian traces, in
+``workdir/scores`` (``qat.scores``). ``results.json`` (atomic, after every run), ``results.csv``,
 ``results.md`` and ``accuracy_vs_bytes_{before,after}.png`` are written in ``workdir``. The stage
 is not in the default ``config.compress.stages``; list it to run it.
 """
@@ -213,7 +214,7 @@ def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any
     fixed = joint.fixed_bits(specs, params)
     float_bytes = joint.float_model_bytes(params)
     float_eval = common.evaluate_test(model, variables, splits, config.train.eval_batch_size)
-    inputs = scores(j, model, variables, splits.train, list(geometry))
+    inputs = scores(config, j, model, variables, splits.train, list(geometry), workdir / "scores")
     start = provenance.variables_digest(variables)
     policy = common.resume_policy(config)
     results: dict[str, Any] = {

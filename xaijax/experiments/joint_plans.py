@@ -9,13 +9,12 @@ solves, and the masks, widths and size of its allocation at one byte budget.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
-import jax
 import ml_collections
+from etils import epath
 
 from xaijax import data, models, pruning
 from xaijax.experiments import qat
@@ -25,24 +24,28 @@ STRATEGIES = ("joint_deeplift", "joint_hessian", "uniform")
 
 
 def scores(
+    config: ml_collections.ConfigDict,
     j: ml_collections.ConfigDict,
     model: nn.Module,
     variables: Mapping[str, Any],
     train: data.Dataset,
     names: list[str],
+    directory: epath.Path,
 ) -> dict[str, Any]:
     """What the listed strategies' tables need, and its wall time: DeepLIFT weight scores
-    (``joint_deeplift``), Hutchinson traces of the kernels' Hessian blocks (``joint_hessian``)."""
-    found: dict[str, Any] = {"seconds": {}}
-    started = time.perf_counter()
-    if "joint_deeplift" in j.strategies:
-        found["deeplift"] = jax.device_get(qat.deeplift_scores(j, model, variables, train))
-        found["seconds"]["deeplift"] = time.perf_counter() - started
-    if "joint_hessian" in j.strategies:
-        started = time.perf_counter()
-        found["traces"] = qat.hessian_traces(j, model, variables, train, names)
-        found["seconds"]["hessian"] = time.perf_counter() - started
-    return found
+    (``joint_deeplift``), Hutchinson traces of the kernels' Hessian blocks (``joint_hessian``);
+    kept in ``directory`` for a resumed run (``qat.scores``)."""
+    return qat.scores(
+        config,
+        j,
+        model,
+        variables,
+        train,
+        names,
+        directory,
+        deeplift="joint_deeplift" in j.strategies,
+        hessian="joint_hessian" in j.strategies,
+    )
 
 
 def plan(

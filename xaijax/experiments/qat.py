@@ -1,5 +1,6 @@
 """What the two quantization-aware stages (``quantize`` and ``joint``) share: the QAT recipe, the
-fingerprint and caching of one allocation, Hessian traces, the backend check and the plots.
+fingerprint and caching of one allocation, the DeepLIFT scores and Hessian traces (kept for a
+resumed run, :func:`scores`), the backend check and the plots.
 
 QAT fine-tunes the fake-quantized model through :func:`xaijax.experiments.common.finetune` with a
 cosine schedule at ``finetune_learning_rate`` (default: a tenth of ``config.optimizer``'s rate,
@@ -10,7 +11,9 @@ directory whose ``result.json`` is written last (:func:`cached_result`).
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,10 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from etils import epath
+from flax import traverse_util
 from ml_collections import config_dict
 
-from xaijax import checkpoint, data, importance, models, provenance, report, training
+from xaijax import checkpoint, data, importance, models, paths, provenance, report, training
 from xaijax.experiments import common, scoring, sections
 from xaijax.quantization import get_backend, hutchinson_traces
 
@@ -73,6 +78,100 @@ def deeplift_scores(
     """DeepLIFT scores of every weight under ``section.importance`` and ``section.seed``."""
     arguments = scoring.score_arguments(section.importance, train, seed=section.seed)
     return importance.score("deeplift", model, variables, granularity="weight", **arguments)
+
+
+SCORES_FILE = "scores.json"
+DEEPLIFT_SCORES_FILE = "deeplift_scores.npz"
+
+
+def scores_fingerprint(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    model: nn.Module,
+    start_digest: str,
+    names: Sequence[str],
+    *,
+    deeplift: bool,
+    hessian: bool,
+) -> provenance.Fingerprint:
+    """What determines :func:`deeplift_scores` and :func:`hessian_traces` of the variables of
+    digest ``start_digest``: the model, the data, the layers, the seed and the settings of the
+    scores asked for."""
+    return provenance.fingerprint(
+        unit="scores",
+        model=provenance.model_identity(model),
+        start=start_digest,
+        data=config.data,
+        layers=list(names),
+        seed=section.seed,
+        importance=section.importance.to_dict() if deeplift else None,
+        hessian=(
+            {"examples": section.hessian_examples, "samples": section.hessian_samples}
+            if hessian
+            else None
+        ),
+    )
+
+
+def scores(
+    config: ml_collections.ConfigDict,
+    section: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: Variables,
+    train: data.Dataset,
+    names: Sequence[str],
+    directory: epath.Path,
+    *,
+    deeplift: bool = True,
+    hessian: bool = True,
+) -> dict[str, Any]:
+    """``{"deeplift": weight scores, "traces": {layer: tr(H)}, "seconds": {...}}`` of
+    ``variables`` (:func:`deeplift_scores` if ``deeplift``, :func:`hessian_traces` over
+    ``names`` if ``hessian``, with their wall times), kept in ``directory`` (claimed for
+    :func:`scores_fingerprint`): a rerun under the same inputs, such as a resumed stage, reads
+    them back bit for bit instead of recomputing them. ``scores.json`` is written last."""
+    unit = scores_fingerprint(
+        config,
+        section,
+        model,
+        provenance.variables_digest(variables),
+        names,
+        deeplift=deeplift,
+        hessian=hessian,
+    )
+    provenance.claim(
+        directory, unit, what=f"the scores in {directory}", policy=common.resume_policy(config)
+    )
+    record_file = directory / SCORES_FILE
+    if record_file.exists():
+        record = json.loads(record_file.read_text())
+        keys = record.pop("deeplift_keys")
+        if keys is not None:
+            with (directory / DEEPLIFT_SCORES_FILE).open("rb") as stream:
+                arrays = np.load(stream)
+                flat = {tuple(key): arrays[f"a{i}"] for i, key in enumerate(keys)}
+            record["deeplift"] = traverse_util.unflatten_dict(flat)
+        return record
+
+    found: dict[str, Any] = {"seconds": {}}
+    if deeplift:
+        started = time.perf_counter()
+        found["deeplift"] = jax.device_get(deeplift_scores(section, model, variables, train))
+        found["seconds"]["deeplift"] = time.perf_counter() - started
+    if hessian:
+        started = time.perf_counter()
+        found["traces"] = hessian_traces(section, model, variables, train, names)
+        found["seconds"]["hessian"] = time.perf_counter() - started
+    record = {key: value for key, value in found.items() if key != "deeplift"}
+    record["deeplift_keys"] = None
+    if deeplift:
+        flat = traverse_util.flatten_dict(found["deeplift"])
+        buffer = io.BytesIO()
+        np.savez(buffer, **{f"a{i}": np.asarray(leaf) for i, leaf in enumerate(flat.values())})
+        paths.write_bytes_atomic(directory / DEEPLIFT_SCORES_FILE, buffer.getvalue())
+        record["deeplift_keys"] = [list(key) for key in flat]
+    checkpoint.write_json_atomic(record_file, record)
+    return found
 
 
 def learning_rate(config: ml_collections.ConfigDict, section: ml_collections.ConfigDict) -> float:

@@ -14,7 +14,9 @@ stage starts from, and ``results.json`` records the options that are on (``finet
 Each allocation is a unit of work in ``workdir/allocations/<allocation>`` (``result.json``, the
 fine-tuning checkpoints under ``finetune/`` and the integer export under ``export/``), tied to the
 fingerprint of what determines it (:func:`allocation_fingerprint`): a rerun reuses it or resumes
-its fine-tuning when the inputs are the same, and recomputes it when they changed. The integer
+its fine-tuning when the inputs are the same, and recomputes it when they changed; the DeepLIFT
+scores and Hessian traces behind the allocations are kept the same way in ``workdir/scores``
+(``qat.scores``). The integer
 model must score exactly as the fake-quantized one (weight-only quantization); a mismatch raises
 :class:`ExportMismatchError`. Writes ``results.json``
 (atomically, after every run), ``results.csv``, ``results.md`` and the plots
@@ -24,7 +26,6 @@ model must score exactly as the fake-quantized one (weight-only quantization); a
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,27 +93,25 @@ def validate(q: ml_collections.ConfigDict) -> None:
 
 
 def sensitivities(
+    config: ml_collections.ConfigDict,
     q: ml_collections.ConfigDict,
     model: nn.Module,
     variables: Mapping[str, Any],
     train_ds: data.Dataset,
     names: list[str],
+    directory: epath.Path,
 ) -> dict[str, Any]:
-    """DeepLIFT weight importance, layer importance, Hessian traces and both sensitivity tables."""
+    """DeepLIFT weight importance, layer importance, Hessian traces and both sensitivity tables
+    (the scores kept in ``directory`` for a resumed run, ``qat.scores``)."""
     choices = tuple(q.bit_choices)
-    started = time.perf_counter()
-    scores = qat.deeplift_scores(q, model, variables, train_ds)
-    deeplift_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    traces = qat.hessian_traces(q, model, variables, train_ds, names)
-    hessian_seconds = time.perf_counter() - started
+    found = qat.scores(config, q, model, variables, train_ds, names, directory)
+    scores, traces = found["deeplift"], found["traces"]
     return {
         "layer_importance": layer_importance(scores),
         "hessian_traces": traces,
         "deeplift_sensitivity": deeplift_sensitivity(variables["params"], scores, choices),
         "hessian_sensitivity": hessian_sensitivity(variables["params"], traces, choices),
-        "seconds": {"deeplift": deeplift_seconds, "hessian": hessian_seconds},
+        "seconds": found["seconds"],
     }
 
 
@@ -262,7 +261,7 @@ def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any
     n_params = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(variables["params"]))
     logging.info("float model: test accuracy %.4f", float_eval["accuracy"])
 
-    tables = sensitivities(q, model, variables, splits.train, names)
+    tables = sensitivities(config, q, model, variables, splits.train, names, workdir / "scores")
     start_digest = provenance.variables_digest(variables)
     policy = common.resume_policy(config)
     recomputed: dict[str, list[str]] = {}
