@@ -119,9 +119,12 @@ def hutchinson_traces(
         return {name: jnp.vdot(_kernel(v, name), _kernel(hv, name)) for name in names}
 
     # params travel as arguments: closed over, XLA would constant-fold the whole forward pass.
-    probes = jax.jit(lambda p, keys: jax.lax.map(lambda k: probe(p, k), keys))
-    samples = probes(dict(params), jax.random.split(rng, num_samples))
-    return {name: float(jnp.mean(samples[name])) for name in names}
+    # One compiled probe called per sample: inside ``lax.map`` (a while loop) XLA:CPU ran the
+    # small VGG's product 50x slower (57 s against 1.2 s a probe, 1,024 examples).
+    one_probe = jax.jit(probe)
+    params = dict(params)
+    samples = [one_probe(params, key) for key in jax.random.split(rng, num_samples)]
+    return {name: float(jnp.mean(jnp.stack([s[name] for s in samples]))) for name in names}
 
 
 def hessian_sensitivity(
