@@ -73,6 +73,64 @@ def test_solve_joint_equals_brute_force_and_fits(seed):
         assert value == brute_force(costs, damage, capacity)
 
 
+def brute_force_measured(costs, damage, measure, budget):
+    """The least damage of any allocation whose ``measure`` is within ``budget``."""
+    names = list(costs)
+    best = None
+    for combo in itertools.product(*(list(costs[n]) for n in names)):
+        allocation = dict(zip(names, combo, strict=True))
+        value = sum(damage[n][c] for n, c in allocation.items())
+        if measure(allocation) <= budget and (best is None or value < best):
+            best = value
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fit_to_budget_finds_the_least_damage_that_measures_within_the_budget(seed):
+    """With a measured size that grows with the solver's cost but counts only part of it (as a
+    producer's pruned filters shrink its consumer), the bisection reaches the optimum over every
+    allocation that *measures* within the budget, not only those whose bound fits."""
+    costs, damage = random_instance(seed, rows=3)
+    fixed = 5
+
+    def measure(allocation):
+        return fixed + (2 * joint.allocation_cost_bits(costs, allocation)) // 3
+
+    cheapest = sum(min(row.values()) for row in costs.values())
+    dearest = sum(max(row.values()) for row in costs.values())
+    for budget in range(fixed + cheapest, fixed + dearest + 1, 7):
+        capacity = budget - fixed
+        allocation, found = joint.fit_to_budget(
+            lambda c: joint.solve_joint(costs, damage, c),
+            measure,
+            costs,
+            capacity,
+            budget,
+            tolerance=0.0,
+        )
+        assert found >= capacity and measure(allocation) <= budget
+        value = sum(damage[n][c] for n, c in allocation.items())
+        assert value == brute_force_measured(costs, damage, measure, budget)
+        assert value <= brute_force(costs, damage, capacity)  # never worse than the bound's
+
+
+def test_fit_to_budget_keeps_the_bound_when_it_is_the_size_and_refuses_a_bad_start():
+    costs, damage = random_instance(3, rows=3)
+    capacity = sum(min(row.values()) for row in costs.values()) + 20
+
+    def solve(c):
+        return joint.solve_joint(costs, damage, c)
+
+    def bound(allocation):
+        return joint.allocation_cost_bits(costs, allocation)
+
+    allocation, found = joint.fit_to_budget(solve, bound, costs, capacity, capacity)
+    assert bound(allocation) <= capacity and capacity <= found
+    assert sum(damage[n][c] for n, c in allocation.items()) == brute_force(costs, damage, capacity)
+    with pytest.raises(ValueError, match="more than the budget"):
+        joint.fit_to_budget(solve, lambda a: bound(a) + 1_000, costs, capacity, capacity)
+
+
 def test_solve_joint_raises_when_the_cheapest_choice_does_not_fit():
     costs, damage = random_instance(0, rows=3)
     cheapest = sum(min(row.values()) for row in costs.values())
@@ -265,7 +323,9 @@ def test_joint_stage_end_to_end_on_digits(tmp_path):
     assert [r["strategy"] for r in results["runs"]] == ["joint_deeplift", "uniform"]
     specs = model.layer_specs()
     for run in results["runs"]:
-        assert run["bytes"] <= run["bytes_bound"] <= budget == run["budget_bytes"]
+        assert run["bytes"] <= min(run["bytes_bound"], budget) and budget == run["budget_bytes"]
+        fixed = joint.fixed_bits(specs, variables["params"])
+        assert run["capacity_bytes"] >= run["bytes_bound"] - fixed / 8
         assert run["max_abs_masked_after"] == 0.0
         assert 0 <= run["accuracy_before"] <= 1 and 0 <= run["accuracy_after"] <= 1
         assert set(run["allocation"]) == {s.name for s in specs}

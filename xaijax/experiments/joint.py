@@ -266,6 +266,7 @@ def run(config: ml_collections.ConfigDict, start: common.Start) -> dict[str, Any
                     "bytes": size["total"] / 8,
                     "kib": size["total"] / 8192,
                     "bytes_bound": found.bound / 8,
+                    "capacity_bytes": found.capacity / 8,
                     "size_bits": size,
                     "predicted_damage": found.predicted_damage,
                     "allocation": {n: c._asdict() for n, c in found.choices.items()},

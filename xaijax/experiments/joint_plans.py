@@ -9,6 +9,7 @@ solves, and the masks, widths and size of its allocation at one byte budget.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -76,13 +77,15 @@ def allocation_key(strategy: str, allocation: Mapping[str, joint.Choice]) -> str
 
 class Allocation(NamedTuple):
     """One strategy's allocation at one budget: the choice per layer, the widths, the measured
-    size (bits), the solver's bound (bits), the predicted damage (None for ``uniform``), the
+    size (bits), the solver's bound (bits) and the capacity it was solved at (bits, for the
+    layers), the predicted damage (None for ``uniform``), the
     parameter mask and the masked variables."""
 
     choices: dict[str, joint.Choice]
     bits: dict[str, int]
     size: dict[str, Any]
     bound: int
+    capacity: int
     predicted_damage: float | None
     mask: Any
     masked: dict[str, Any]
@@ -101,31 +104,48 @@ def allocate(
     fixed: int,
 ) -> Allocation:
     """The allocation of ``strategy`` (its :func:`plan` ``planned``) within ``budget_bytes``:
-    solved exactly on the damage table, or uniform; ``RuntimeError`` unless the measured size
-    and the solver's bound are both within the budget."""
+    solved exactly on the damage table, or uniform, at the largest solver capacity whose
+    allocation's *measured* size fits the budget (``joint.fit_to_budget``; the solver's additive
+    bound over-counts the inputs a producer's pruned filters remove). ``RuntimeError`` unless the
+    measured size is within the budget and the bound."""
     damage, units, weights = planned
     params = variables["params"]
-    capacity = joint.capacity_bits(budget_bytes, fixed)
-    if damage is None:
-        choices = joint.uniform_joint(
-            geometry, costs, capacity, tuple(j.levels), tuple(j.bit_choices)
-        )
-    else:
-        choices = joint.solve_joint(costs, damage, capacity)
-    unit_masks, weight_masks = joint.choice_masks(specs, geometry, choices, units, weights)
+    budget_bits = math.floor(8 * budget_bytes + 1e-6)
+
+    def solve(capacity: int) -> dict[str, joint.Choice]:
+        if damage is None:
+            return joint.uniform_joint(
+                geometry, costs, capacity, tuple(j.levels), tuple(j.bit_choices)
+            )
+        return joint.solve_joint(costs, damage, capacity)
+
+    def realised(choices: Mapping[str, joint.Choice]) -> tuple[Any, Any, dict[str, int]]:
+        unit_masks, weight_masks = joint.choice_masks(specs, geometry, choices, units, weights)
+        bits = {name: c.bits for name, c in choices.items()}
+        size = joint.size_bits(specs, params, bits, unit_masks, weight_masks)
+        return unit_masks, weight_masks, size
+
+    choices, capacity = joint.fit_to_budget(
+        solve,
+        lambda choices: realised(choices)[2]["total"],
+        costs,
+        joint.capacity_bits(budget_bytes, fixed),
+        budget_bits,
+    )
+    unit_masks, weight_masks, size = realised(choices)
     bits = {name: c.bits for name, c in choices.items()}
-    size = joint.size_bits(specs, params, bits, unit_masks, weight_masks)
     bound = fixed + joint.allocation_cost_bits(costs, choices)
-    if not size["total"] <= bound <= 8 * budget_bytes:
+    if not size["total"] <= min(bound, budget_bits):
         raise RuntimeError(
             f"{strategy} at {budget_bytes:g} bytes: measured {size['total']} bits, bound "
-            f"{bound} bits; both must be within the budget"
+            f"{bound} bits; the measured size must be within the budget and the bound"
         )
     return Allocation(
         choices=dict(choices),
         bits=bits,
         size=size,
         bound=bound,
+        capacity=capacity,
         predicted_damage=None if damage is None else sum(damage[n][c] for n, c in choices.items()),
         mask=pruning.params_mask(specs, params, unit_masks, weight_masks=weight_masks),
         masked=pruning.mask_variables(specs, variables, unit_masks, weight_masks=weight_masks),
