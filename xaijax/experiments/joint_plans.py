@@ -106,8 +106,9 @@ def allocate(
     """The allocation of ``strategy`` (its :func:`plan` ``planned``) within ``budget_bytes``:
     solved exactly on the damage table, or uniform, at the largest solver capacity whose
     allocation's *measured* size fits the budget (``joint.fit_to_budget``; the solver's additive
-    bound over-counts the inputs a producer's pruned filters remove). ``RuntimeError`` unless the
-    measured size is within the budget and the bound."""
+    bound over-counts the inputs a producer's pruned filters remove), then, with a damage table,
+    improved by single-layer changes that still fit (``joint.improve_within_budget``).
+    ``RuntimeError`` unless the measured size is within the budget and the bound."""
     damage, units, weights = planned
     params = variables["params"]
     budget_bits = math.floor(8 * budget_bytes + 1e-6)
@@ -125,13 +126,13 @@ def allocate(
         size = joint.size_bits(specs, params, bits, unit_masks, weight_masks)
         return unit_masks, weight_masks, size
 
-    choices, capacity = joint.fit_to_budget(
-        solve,
-        lambda choices: realised(choices)[2]["total"],
-        costs,
-        joint.capacity_bits(budget_bytes, fixed),
-        budget_bits,
-    )
+    def measure(choices: dict[str, joint.Choice]) -> int:
+        return realised(choices)[2]["total"]
+
+    capacity = joint.capacity_bits(budget_bytes, fixed)
+    choices, capacity = joint.fit_to_budget(solve, measure, costs, capacity, budget_bits)
+    if damage is not None:
+        choices = joint.improve_within_budget(choices, costs, damage, measure, budget_bits)
     unit_masks, weight_masks, size = realised(choices)
     bits = {name: c.bits for name, c in choices.items()}
     bound = fixed + joint.allocation_cost_bits(costs, choices)

@@ -26,7 +26,9 @@ within it. The two are equal when no pruned layer feeds another. When one does, 
 be far above the measured size (the small VGG: 90% of conv4's filters pruned leave fc1 a tenth of
 its inputs, but its cost counts them all; 5.7 kB measured against a 32.3 kB bound), so
 :func:`fit_to_budget` raises the solver's capacity by bisection until the *measured* size meets
-the budget: allocations compared at one budget are then of about equal measured bytes.
+the budget, and :func:`improve_within_budget` then spends what a jump in the measured size left
+on single-layer changes: allocations compared at one budget are then of about equal measured
+bytes (not exactly: the measured size is not additive, and these two steps are not exact).
 
 :func:`solve_joint` minimises ``sum_l D_l(p_l, b_l)`` subject to ``fixed + sum_l cost_l <=
 budget`` with the exact multiple-choice knapsack of ``xaijax.quantization.allocation`` (damage
@@ -339,6 +341,37 @@ def fit_to_budget(
         else:
             high = middle
     return best, low
+
+
+def improve_within_budget(
+    allocation: Mapping[str, Choice],
+    costs: Mapping[str, Mapping[Choice, int]],
+    damage: JointTable,
+    measure: Callable[[dict[str, Choice]], int],
+    budget_bits: int,
+) -> dict[str, Choice]:
+    """``allocation`` improved by single-layer changes, greedily: each step takes, of the choices
+    of one layer that lower the summed damage and keep the measured size within
+    ``budget_bits``, the one lowering it most; stops when none is left. Fills what
+    :func:`fit_to_budget` leaves where the measured size jumps between two capacities (a
+    producer pruned less widens its consumer at once). The damage never grows."""
+    current = dict(allocation)
+    if measure(current) > budget_bits:
+        raise ValueError(f"the allocation measures more than the budget's {budget_bits} bits")
+    while True:
+        best_gain, best = 0.0, None
+        for name, row in costs.items():
+            here = damage[name][current[name]]
+            for choice in row:
+                gain = here - damage[name][choice]
+                if gain <= best_gain:
+                    continue
+                candidate = {**current, name: choice}
+                if measure(candidate) <= budget_bits:
+                    best_gain, best = gain, candidate
+        if best is None:
+            return current
+        current = best
 
 
 def allocation_cost_bits(
