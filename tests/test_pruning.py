@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reference_nets import draw_variables
 
@@ -92,6 +92,7 @@ def test_layer_scope_prunes_exact_count_of_lowest_scores(sizes, sparsity, min_un
     seed=st.integers(0, 1000),
     normalize=st.sampled_from(pruning.NORMALIZATIONS),
 )
+@example(sizes=[2, 2], sparsity=0.5, seed=0, normalize="mean")  # every layer at its floor
 def test_global_scope_prunes_exact_total_below_a_threshold(sizes, sparsity, seed, normalize):
     specs = tuple(
         models.LayerSpec(f"l{i}", "dense", None, (), None, False) for i in range(len(sizes))
@@ -117,9 +118,10 @@ def test_global_scope_prunes_exact_total_below_a_threshold(sizes, sparsity, seed
             return v / np.linalg.norm(v)
         return v
 
-    pruned_values = np.concatenate([norm(scores[n])[removed[n]] for n in scores])
+    # np.empty(0) first: every layer may sit at its floor (sizes [2, 2] at 0.5 keep one each).
+    pruned_values = np.concatenate([np.empty(0)] + [norm(scores[n])[removed[n]] for n in scores])
     kept_values = np.concatenate(
-        [norm(scores[n])[~removed[n]] for n in scores if masks[n].sum() > 1]
+        [np.empty(0)] + [norm(scores[n])[~removed[n]] for n in scores if masks[n].sum() > 1]
     )
     if pruned_values.size and kept_values.size:
         assert pruned_values.max() <= kept_values.min() + 1e-12
