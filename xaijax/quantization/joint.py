@@ -21,17 +21,17 @@ offset) and ``k_l`` kept units:
 The solver's per-layer cost :func:`choice_cost_bits` counts the kernel at full fan-in. Filters
 pruned in the producer also remove input channels of its consumers (their kernel entries and
 presence bits), which only lowers the stored size, so the measured :func:`size_bits` is at most
-``fixed_bits + sum_l cost_l(p_l, b_l)``: the bound is what the budget constrains, and both are
-within it. The two are equal when no pruned layer feeds another. When one does, the bound can
-be far above the measured size (the small VGG: 90% of conv4's filters pruned leave fc1 a tenth of
-its inputs, but its cost counts them all; 5.7 kB measured against a 32.3 kB bound), so
-:func:`fit_to_budget` raises the solver's capacity by bisection until the *measured* size meets
-the budget, and :func:`improve_within_budget` then spends what a jump in the measured size left
-on single-layer changes: allocations compared at one budget are then of about equal measured
-bytes (not exactly: the measured size is not additive, and these two steps are not exact).
+``fixed_bits + sum_l cost_l(p_l, b_l)``. The two are equal when no pruned layer feeds another.
+When one does, the bound can be far above the measured size (the small VGG: 90% of conv4's
+filters pruned leave fc1 a tenth of its inputs, but its cost counts them all; 5.7 kB measured
+against a 32.3 kB bound), so :func:`fit_to_budget` raises the solver's capacity by bisection
+until the *measured* size meets the budget, and :func:`improve_within_budget` then spends what a
+jump in the measured size left on single-layer changes: allocations compared at one budget are
+then of about equal measured bytes (not exactly: the measured size is not additive, and these
+two steps are not exact).
 
-:func:`solve_joint` minimises ``sum_l D_l(p_l, b_l)`` subject to ``fixed + sum_l cost_l <=
-budget`` with the exact multiple-choice knapsack of ``xaijax.quantization.allocation`` (damage
+:func:`solve_joint` minimises ``sum_l D_l(p_l, b_l)`` subject to ``sum_l cost_l <= capacity``
+with the exact multiple-choice knapsack of ``xaijax.quantization.allocation`` (damage
 tables: ``xaijax.quantization.joint_damage``); :func:`uniform_joint` is the baseline of one level
 and one width for every layer.
 """
